@@ -1,0 +1,1 @@
+"""Shared async core: the Chat with RTX client, conversations and streaming replies."""

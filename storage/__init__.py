@@ -1,0 +1,1 @@
+"""Conversation storage (SQLite through aiosqlite)."""
