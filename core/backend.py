@@ -1,0 +1,74 @@
+"""The seam between conversations and whatever answers them: typed updates and a Protocol."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from .errors import BackendError
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One earlier question and its answer, as the backend should see them."""
+
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class Queued:
+    position: int  # 1 = next in line
+    queue_size: int | None = None
+    eta_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Started:
+    pass
+
+
+@dataclass(frozen=True)
+class TextSoFar:
+    text: str  # the whole answer so far, neutral Markdown
+    delta: str  # what this update added ("" when earlier text changed instead)
+
+
+@dataclass(frozen=True)
+class Done:
+    text: str  # final neutral Markdown (references as file names only)
+    raw: str  # the backend's own text, kept to send back as history the way its UI does
+    references: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: BackendError
+    partial_text: str = ""
+
+
+BackendUpdate = Queued | Started | TextSoFar | Done | Failed
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What ``doctor`` reports about a reachable backend."""
+
+    url: str
+    gradio_version: str
+    protocol: str
+    chat_function: str
+
+
+class Backend(Protocol):
+    def stream_answer(
+        self, question: str, history: Sequence[Exchange], *, session: str
+    ) -> AsyncIterator[BackendUpdate]:
+        """Yield updates; the last one is ``Done`` or ``Failed``. Closing the iterator early
+        cancels the answer on the backend."""
+        ...
+
+    async def probe(self) -> BackendInfo:
+        """Check the backend is reachable and usable; raise ``BackendError`` if not."""
+        ...

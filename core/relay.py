@@ -1,0 +1,48 @@
+"""Wire settings into live objects: one HTTP session, the store, the backend, the service."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+
+from rtxrelay.storage.sqlite_store import SqliteStore
+
+from .chatrtx import ChatRtxBackend
+from .config import Settings
+from .conversation import ConversationService
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Relay:
+    settings: Settings
+    backend: ChatRtxBackend
+    store: SqliteStore
+    service: ConversationService
+
+
+@asynccontextmanager
+async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
+    launch = settings.backend.launch_url()
+    ssl_context = settings.backend.ssl_context(launch)
+    # trust_env=False: Chat with RTX is local; a system HTTP proxy must not see its traffic.
+    async with (
+        aiohttp.ClientSession(trust_env=False) as http,
+        SqliteStore(settings.database) as store,
+    ):
+        recovered = await store.recover_pending()
+        if recovered:
+            log.info("marked %d unfinished answer(s) from a previous run as interrupted", recovered)
+        backend = ChatRtxBackend(
+            http,
+            launch,
+            ssl_context=ssl_context,
+            timeouts=settings.backend.timeouts,
+            chat_fn=settings.backend.chat_fn,
+        )
+        yield Relay(settings, backend, store, ConversationService(backend, store, settings.limits))

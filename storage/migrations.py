@@ -1,0 +1,36 @@
+"""Schema migrations, in order. Never edit a released one: append a new script instead.
+
+Entry N (1-based) brings the schema from version N-1 to N (``PRAGMA user_version``).
+Statements are separated by ``;`` and must not contain one in a literal.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: conversations (one open per key at a time) and their turns.
+    """
+    CREATE TABLE conversations (
+        id INTEGER PRIMARY KEY,
+        key TEXT NOT NULL,
+        session TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        closed_at REAL
+    );
+    CREATE INDEX conversations_open_key ON conversations (key) WHERE closed_at IS NULL;
+    CREATE TABLE turns (
+        id INTEGER PRIMARY KEY,
+        conversation_id INTEGER NOT NULL REFERENCES conversations (id),
+        question TEXT NOT NULL,
+        answer TEXT,
+        backend_answer TEXT,
+        status TEXT NOT NULL CHECK (
+            status IN ('pending', 'complete', 'interrupted', 'failed', 'superseded')
+        ),
+        error TEXT,
+        created_at REAL NOT NULL,
+        finished_at REAL
+    );
+    CREATE INDEX turns_by_conversation ON turns (conversation_id, id);
+    CREATE INDEX turns_pending ON turns (status) WHERE status = 'pending'
+    """,
+]

@@ -1,0 +1,244 @@
+"""``ConversationStore`` on SQLite through aiosqlite: one file, WAL, versioned schema.
+
+WAL lets ``rtxrelay chat`` read a history while the bots write to it; ``busy_timeout`` turns a
+briefly locked file into a short wait instead of an error. The schema version lives in
+``PRAGMA user_version`` and every migration runs in its own transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+
+import aiosqlite
+
+from rtxrelay.core.errors import StorageError
+from rtxrelay.core.store import Conversation, Turn, TurnStatus
+
+from .migrations import MIGRATIONS
+
+_TURN_COLUMNS = "id, conversation_id, question, answer, backend_answer, status, created_at"
+
+
+class SqliteStore:
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
+        self.path = Path(path)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._db: aiosqlite.Connection | None = None
+
+    async def __aenter__(self) -> SqliteStore:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        memory = str(self.path) == ":memory:"
+        try:
+            if not memory:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = await aiosqlite.connect(str(self.path), isolation_level=None)
+            await self._db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            if not memory:
+                await self._db.execute("PRAGMA journal_mode = WAL")
+            await self._db.execute("PRAGMA foreign_keys = ON")
+            await self._migrate()
+        except StorageError:
+            await self.close()
+            raise
+        except (sqlite3.Error, OSError) as exc:
+            await self.close()
+            raise self._explain(exc) from exc
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.close()
+
+    # -- ConversationStore --------------------------------------------------------------------
+
+    async def current(self, key: str) -> Conversation:
+        row = await self._one(
+            "SELECT id, key, session FROM conversations WHERE key = ? AND closed_at IS NULL "
+            "ORDER BY id DESC LIMIT 1",
+            (key,),
+        )
+        if row is not None:
+            return Conversation(int(row[0]), str(row[1]), str(row[2]))
+        return await self._new_conversation(key)
+
+    async def reset(self, key: str) -> Conversation:
+        await self._write(
+            "UPDATE conversations SET closed_at = ? WHERE key = ? AND closed_at IS NULL",
+            (time.time(), key),
+        )
+        return await self._new_conversation(key)
+
+    async def recent_turns(self, conversation_id: int, limit: int) -> list[Turn]:
+        rows = await self._all(
+            f"SELECT {_TURN_COLUMNS} FROM turns WHERE conversation_id = ? ORDER BY id DESC LIMIT ?",
+            (conversation_id, max(0, limit)),
+        )
+        return [_turn(r) for r in reversed(rows)]
+
+    async def add_question(self, conversation_id: int, question: str) -> int:
+        cursor = await self._write(
+            "INSERT INTO turns (conversation_id, question, status, created_at) VALUES (?, ?, ?, ?)",
+            (conversation_id, question, TurnStatus.PENDING.value, time.time()),
+        )
+        assert cursor is not None and cursor.lastrowid is not None
+        return int(cursor.lastrowid)
+
+    async def finish_turn(
+        self,
+        turn_id: int,
+        *,
+        status: TurnStatus,
+        answer: str,
+        backend_answer: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        await self._write(
+            "UPDATE turns SET status = ?, answer = ?, backend_answer = ?, error = ?, "
+            "finished_at = ? WHERE id = ?",
+            (status.value, answer, backend_answer, error, time.time(), turn_id),
+        )
+
+    async def set_status(self, turn_id: int, status: TurnStatus) -> None:
+        await self._write("UPDATE turns SET status = ? WHERE id = ?", (status.value, turn_id))
+
+    async def recover_pending(self) -> int:
+        cursor = await self._write(
+            "UPDATE turns SET status = ?, error = 'rtxrelay stopped before the answer finished', "
+            "finished_at = ? WHERE status = ?",
+            (TurnStatus.INTERRUPTED.value, time.time(), TurnStatus.PENDING.value),
+        )
+        return cursor.rowcount if cursor is not None else 0
+
+    async def turns_for_key(self, key: str) -> list[Turn]:
+        """Every turn of every conversation of ``key`` (for tests and export)."""
+        rows = await self._all(
+            f"SELECT {', '.join('t.' + c.strip() for c in _TURN_COLUMNS.split(','))} "
+            "FROM turns t JOIN conversations c ON c.id = t.conversation_id "
+            "WHERE c.key = ? ORDER BY t.id",
+            (key,),
+        )
+        return [_turn(r) for r in rows]
+
+    async def check_writable(self) -> None:
+        """Write and roll back, so ``doctor`` can tell a read-only or locked file."""
+        db = self._conn()
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            await db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise self._explain(exc) from exc
+
+    # -- internals ----------------------------------------------------------------------------
+
+    async def _new_conversation(self, key: str) -> Conversation:
+        # Gradio session hashes are short random strings; a fresh one per conversation gives
+        # Chat with RTX's chat engine a fresh memory after /reset.
+        session = uuid.uuid4().hex[:12]
+        cursor = await self._write(
+            "INSERT INTO conversations (key, session, created_at) VALUES (?, ?, ?)",
+            (key, session, time.time()),
+        )
+        assert cursor is not None and cursor.lastrowid is not None
+        return Conversation(int(cursor.lastrowid), key, session)
+
+    async def _migrate(self) -> None:
+        db = self._conn()
+        async with db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        version = int(row[0]) if row else 0
+        if version > len(MIGRATIONS):
+            raise StorageError(
+                f"The database {self.path} has schema version {version}, newer than this "
+                f"rtxrelay knows ({len(MIGRATIONS)}).",
+                hint="Upgrade rtxrelay, or point RTXRELAY_DB at another file.",
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _statements(script):
+                    await db.execute(statement)
+                await db.execute(f"PRAGMA user_version = {number}")
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+
+    def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StorageError("The conversation store is not open.")
+        return self._db
+
+    async def _write(self, sql: str, params: tuple[object, ...]) -> aiosqlite.Cursor | None:
+        try:
+            return await self._conn().execute(sql, params)
+        except sqlite3.Error as exc:
+            raise self._explain(exc) from exc
+
+    async def _one(self, sql: str, params: tuple[object, ...]) -> sqlite3.Row | None:
+        try:
+            async with self._conn().execute(sql, params) as cursor:
+                return await cursor.fetchone()
+        except sqlite3.Error as exc:
+            raise self._explain(exc) from exc
+
+    async def _all(self, sql: str, params: tuple[object, ...]) -> list[sqlite3.Row]:
+        try:
+            async with self._conn().execute(sql, params) as cursor:
+                return list(await cursor.fetchall())
+        except sqlite3.Error as exc:
+            raise self._explain(exc) from exc
+
+    def _explain(self, exc: BaseException) -> StorageError:
+        text = str(exc).lower()
+        if "not a database" in text or "malformed" in text or "corrupt" in text:
+            return StorageError(
+                f"The database {self.path} is damaged or is not a SQLite file.",
+                hint="Move it aside (rtxrelay then starts a new one) or set RTXRELAY_DB to "
+                "another path.",
+            )
+        if "locked" in text or "busy" in text:
+            return StorageError(
+                f"The database {self.path} is locked by another program.",
+                hint="Is another rtxrelay running with the same RTXRELAY_DB? Stop it, or use "
+                "another file.",
+            )
+        if (
+            "readonly" in text
+            or "read-only" in text
+            or "unable to open" in text
+            or isinstance(exc, OSError)
+        ):
+            return StorageError(
+                f"Cannot write the database {self.path}.",
+                hint="Check the folder exists and is writable, or set RTXRELAY_DB to a path "
+                "you can write.",
+            )
+        return StorageError(f"Database error on {self.path}: {exc}.")
+
+
+def _turn(row: sqlite3.Row) -> Turn:
+    return Turn(
+        id=int(row[0]),
+        conversation_id=int(row[1]),
+        question=str(row[2]),
+        answer=row[3],
+        backend_answer=row[4],
+        status=TurnStatus(row[5]),
+        created_at=float(row[6]),
+    )
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
