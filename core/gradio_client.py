@@ -468,7 +468,7 @@ class GradioQueueClient:
     @staticmethod
     def _job_error(output: Json) -> BackendError:
         error = output.get("error") if isinstance(output, dict) else None
-        text = str(error).strip("'\"") if error else ""
+        text = str(error).strip("'\"") if error not in (None, "None", "null") else ""
         if text == "Invalid session":
             return BackendError(
                 BackendErrorKind.SESSION_REJECTED,

@@ -30,6 +30,7 @@ import bisect
 import enum
 import re
 import unicodedata
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 __all__ = [
@@ -140,9 +141,7 @@ class _Meter:
 
     def __init__(self, text: str, unit: LengthUnit, start: int) -> None:
         self._astral: list[int] = (
-            [m.start() for m in _ASTRAL.finditer(text, start)]
-            if unit is LengthUnit.UTF16
-            else []
+            [m.start() for m in _ASTRAL.finditer(text, start)] if unit is LengthUnit.UTF16 else []
         )
 
     def length(self, a: int, b: int) -> int:
@@ -163,7 +162,6 @@ class _Meter:
             else:
                 top = mid - 1
         return lo
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,13 +281,12 @@ class _Window:
         nxt, nf = _page_start(self.text, c, st, self.room)
         return _Cut(page, nxt, nf)
 
-    def _first_fitting(self, cands: list[tuple[int, _Fence | None]]) -> _Cut | None:
-        """The last candidate that fits, if its page is full enough (see :data:`MIN_FILL`).
-
-        Candidates are in text order, so stopping at the last fitting one is right: every
-        earlier candidate makes a shorter page and would fail the fill test too.
+    def _first_fitting(self, cands: Iterable[tuple[int, _Fence | None]]) -> _Cut | None:
+        """The first candidate (they come last-in-text first) that fits, if its page is full
+        enough (see :data:`MIN_FILL`). Stopping there is right: every candidate after it is
+        earlier in the text, makes a shorter page, and would fail the fill test too.
         """
-        for c, st in reversed(cands):
+        for c, st in cands:
             got = self._page(c, st)
             if got is None:
                 continue
@@ -301,8 +298,10 @@ class _Window:
     # -- candidate kinds, in order of preference ------------------------------------------
 
     def _line_ends(self, paragraph: bool) -> list[tuple[int, _Fence | None]]:
+        """Line-end cuts, last first (paragraph=True: only those followed by a blank line)."""
         out: list[tuple[int, _Fence | None]] = []
-        for i, ln in enumerate(self.lines):
+        for i in range(len(self.lines) - 1, -1, -1):
+            ln = self.lines[i]
             if ln.end is None or ln.blank:
                 continue
             if ln.before is None and ln.after is not None:
@@ -314,20 +313,38 @@ class _Window:
             out.append((ln.end, ln.after))
         return out
 
-    def _spaces(self) -> list[list[tuple[int, _Fence | None]]]:
-        """Space cuts on the line holding the window's last space: outside inline markup
-        first, then any space (splitting ``**long bold**`` beats a hard cut mid-word)."""
+    def _spaces(self, outside_only: bool) -> Iterator[tuple[int, _Fence | None]]:
+        """Space cuts on the line holding the window's last space, last first.
+
+        ``outside_only`` skips spaces inside ``**bold**``, `` `code` `` or ``[a](b)`` on that
+        line; the engine tries those first and then any space, because splitting a long bold
+        phrase still beats a hard cut in the middle of a word. Generated lazily: a page that
+        is one long line has thousands of spaces and we usually need only the last one.
+        """
         text, s, e = self.text, self.s, self.e
         last = max(text.rfind(" ", s + 1, e + 1), text.rfind("\t", s + 1, e + 1))
         if last == -1:
-            return []
+            return
         ln = self._line_at(last)
+        lo = max(ln.start, s + 1)
         seg_end = min(ln.end if ln.end is not None else e + 1, e + 1)
-        # finditer with pos/endpos reports offsets into the whole text.
-        spans = [(m.start(), m.end()) for m in _INLINE_SPAN.finditer(text, ln.start, seg_end)]
-        spaces = [i for i in range(max(ln.start, s + 1), seg_end) if text[i] in " \t"]
-        outside = [i for i in spaces if not any(a < i < b for a, b in spans)]
-        return [[(i, ln.before) for i in outside], [(i, ln.before) for i in spaces]]
+        starts: list[int] = []
+        ends: list[int] = []
+        if outside_only:
+            # finditer with pos/endpos reports offsets into the whole text; matches never
+            # overlap, so bisecting the starts finds the only span that could contain i.
+            for m in _INLINE_SPAN.finditer(text, ln.start, seg_end):
+                starts.append(m.start())
+                ends.append(m.end())
+        pos = seg_end
+        while True:
+            i = max(text.rfind(" ", lo, pos), text.rfind("\t", lo, pos))
+            if i == -1:
+                return
+            k = bisect.bisect_right(starts, i) - 1
+            if not (k >= 0 and starts[k] < i < ends[k]):
+                yield i, ln.before
+            pos = i
 
     def _hard(self) -> _Cut:
         """Cut at the furthest code point that fits, nudged back off grapheme extenders."""
@@ -356,7 +373,13 @@ class _Window:
         """None if the rest fits on this page; otherwise the chosen cut."""
         if self.fits_all:
             return None
-        for cands in (self._line_ends(True), self._line_ends(False), *self._spaces()):
+        kinds: tuple[Iterable[tuple[int, _Fence | None]], ...] = (
+            self._line_ends(paragraph=True),
+            self._line_ends(paragraph=False),
+            self._spaces(outside_only=True),
+            self._spaces(outside_only=False),
+        )
+        for cands in kinds:
             got = self._first_fitting(cands)
             if got is not None:
                 return got

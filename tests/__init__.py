@@ -1,0 +1,1 @@
+"""rtxrelay test suite."""

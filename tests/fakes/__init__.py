@@ -1,0 +1,1 @@
+"""Loopback fakes of the chat platforms' APIs, for the test suite."""
