@@ -62,6 +62,11 @@ def find_chat_function(app: GradioApp, override: str | None = None) -> ChatFunct
             score += 10
         if (app.components[chatbots[0]].get("props") or {}).get("elem_id") == "main-chatbot-window":
             score += 5
+        # Retry and sample-question chains stream into the chatbot too; the send chain is the
+        # one a textbox submit starts.
+        root = deps[_chain(deps, index)[0]]
+        if any(isinstance(t, list | tuple) and "submit" in t for t in root.get("targets") or []):
+            score += 3
         candidates.append((score, index))
     if not candidates:
         if override is not None:

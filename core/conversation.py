@@ -117,8 +117,9 @@ class ConversationService:
             yield Rejected("There is nothing to retry yet.")
             return
         await self._store.set_status(turns[-1].id, TurnStatus.SUPERSEDED)
-        async for update in self.ask(key, turns[-1].question):
-            yield update
+        async with contextlib.aclosing(self.ask(key, turns[-1].question)) as updates:
+            async for update in updates:
+                yield update
 
     async def ask(self, key: ConversationKey, question: str) -> AsyncIterator[ReplyUpdate]:
         question = question.strip()
@@ -138,8 +139,11 @@ class ConversationService:
         stop = asyncio.Event()
         self._inflight[name] = stop
         try:
-            async for update in self._answer(name, question, stop):
-                yield update
+            # aclosing: if our consumer stops early, the inner generator's cleanup (cancel the
+            # backend job, store the partial answer) must run now, not at garbage collection.
+            async with contextlib.aclosing(self._answer(name, question, stop)) as updates:
+                async for update in updates:
+                    yield update
         finally:
             self._inflight.pop(name, None)
 

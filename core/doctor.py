@@ -42,7 +42,9 @@ async def run_doctor(settings: Settings, out: TextIO) -> int:
         ok(f"RTX_URL is {launch.redacted}")
         if not launch.cookie:
             info("RTX_URL has no ?cookie=…; Chat with RTX 0.2/0.3 will reject the session")
-        async with aiohttp.ClientSession(trust_env=False) as http:
+        async with aiohttp.ClientSession(
+            trust_env=False, cookie_jar=aiohttp.DummyCookieJar()
+        ) as http:
             backend = ChatRtxBackend(
                 http,
                 launch,

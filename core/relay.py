@@ -32,7 +32,8 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
     ssl_context = settings.backend.ssl_context(launch)
     # trust_env=False: Chat with RTX is local; a system HTTP proxy must not see its traffic.
     async with (
-        aiohttp.ClientSession(trust_env=False) as http,
+        # DummyCookieJar: ChatRTX's cookie check breaks on any extra cookie in the header.
+        aiohttp.ClientSession(trust_env=False, cookie_jar=aiohttp.DummyCookieJar()) as http,
         SqliteStore(settings.database) as store,
     ):
         recovered = await store.recover_pending()
