@@ -63,7 +63,6 @@ async def run(url: str, question: str, result: Result) -> None:
                 if first_text is None:
                     first_text = checkpoint().wall
             elif isinstance(update, Done):
-                result.updates += 1
                 result.final_text = update.raw
             elif isinstance(update, Failed):
                 raise RuntimeError(f"{update.error.kind}: {update.error}")

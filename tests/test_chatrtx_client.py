@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import ssl
 from collections.abc import AsyncIterator
 
@@ -59,7 +60,7 @@ async def test_streams_the_models_text_on_every_protocol(
     assert "C:\\" not in final.text and "data-link" not in final.text
     texts = [u for u in updates if isinstance(u, TextSoFar)]
     assert len(texts) > 20, "the answer must arrive as a stream, not in one piece"
-    for before, after in zip(texts, texts[1:], strict=False):
+    for before, after in itertools.pairwise(texts):
         assert after.text.startswith(before.text)
         assert after.delta == after.text[len(before.text):]
     assert final.text.startswith(texts[-1].text)

@@ -136,15 +136,16 @@ async def test_global_job_limit_reports_queue_position(store: SqliteStore) -> No
     alice = service.ask(ALICE, "first")
     await anext(alice)  # Alice holds the only slot
     bob_updates: list[ReplyUpdate] = []
+    bob_waiting = asyncio.Event()
 
     async def bob() -> None:
         async for update in service.ask(BOB, "second"):
             bob_updates.append(update)
+            bob_waiting.set()
 
     bob_task = asyncio.create_task(bob())
     async with asyncio.timeout(10):
-        while not bob_updates:
-            await asyncio.sleep(0.01)
+        await bob_waiting.wait()
     assert bob_updates[0] == Waiting(1)
     assert len(backend.calls) == 1, "Bob must wait in rtxrelay's line, not in the GPU queue"
     backend.release.set()
@@ -213,7 +214,8 @@ async def test_history_window_by_turns_and_characters(store: SqliteStore) -> Non
 async def test_empty_and_oversized_questions_are_rejected_before_storage(
     store: SqliteStore,
 ) -> None:
-    service = ConversationService(ScriptedBackend(), store, ConversationLimits(max_question_chars=10))
+    limits = ConversationLimits(max_question_chars=10)
+    service = ConversationService(ScriptedBackend(), store, limits)
     assert isinstance((await drain(service.ask(ALICE, "   ")))[-1], Rejected)
     too_long = (await drain(service.ask(ALICE, "x" * 11)))[-1]
     assert isinstance(too_long, Rejected) and "10" in too_long.reason
@@ -300,7 +302,7 @@ async def test_locked_database_gives_an_actionable_error(tmp_path: Path) -> None
             locker.close()
 
 
-def Thinking_or_wait() -> tuple[type, ...]:  # noqa: N802 - reads like a type in the assert
+def Thinking_or_wait() -> tuple[type, ...]:
     from rtxrelay.core.conversation import Thinking
 
     return (Thinking, Waiting, Partial)

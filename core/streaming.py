@@ -1,0 +1,329 @@
+"""StreamingReply: one engine that turns a conversation's updates into platform messages.
+
+Platforms differ only in data (``PlatformProfile``: length limit and its unit, edit interval,
+typing expiry, drafts or edits) and in a tiny ``MessageSink`` each adapter implements. The
+engine:
+
+- shows something at once (a status placeholder), keeps the typing indicator alive;
+- coalesces interim edits to the profile's budget and never re-sends unchanged text;
+- after a 429 (``RetryLater``) suspends interim edits for the penalty, then **always** lands
+  the final text — by editing, or by a new message if the edit cannot be made;
+- continues long answers in new messages at safe boundaries (``Pager``), fences intact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .conversation import Busy, Finished, Partial, Rejected, ReplyUpdate, Thinking, Waiting
+from .paging import LengthUnit, Pager, split_pages
+from .store import TurnStatus
+
+log = logging.getLogger(__name__)
+
+
+class RetryLater(Exception):
+    """The platform rate-limited us; try again after ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"retry after {seconds:g} s")
+        self.seconds = max(0.0, seconds)
+
+
+class DeliveryError(Exception):
+    """This message cannot be sent or edited (deleted, too old, forbidden)."""
+
+
+class MessageSink(Protocol):
+    """What an adapter provides. Text is neutral Markdown; the sink renders it for its
+    platform (interim frames may be plain; ``final`` frames get formatting)."""
+
+    async def send(self, text: str, *, final: bool) -> object:
+        """Send a new message and return a handle for later edits."""
+        ...
+
+    async def edit(self, handle: object, text: str, *, final: bool) -> None:
+        """Replace a message's text. 'Not modified' must be treated as success."""
+        ...
+
+    async def draft(self, text: str) -> None:
+        """Show a streaming preview that is not a message (Telegram DMs); optional."""
+        ...
+
+    async def typing(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ReplyTexts:
+    starting: str = "⏳ Asking Chat with RTX…"
+    waiting: str = "⏳ #{position} in line — Chat with RTX answers one question at a time…"
+    thinking: str = "💭 Thinking…"
+    busy: str = "⏳ Still answering your previous question. Wait for it, or stop it first."
+    empty: str = "(Chat with RTX returned an empty answer.)"
+    stopped: str = "⏹ Stopped."
+    failed: str = "⚠️ {error}"
+    trimmed: str = "(Older messages were left out to fit Chat with RTX's context.)"
+
+
+@dataclass(frozen=True)
+class PlatformProfile:
+    name: str
+    max_length: int  # per message, measured in ``unit``
+    unit: LengthUnit
+    edit_interval: float  # seconds between interim edits of one reply
+    typing_interval: float  # re-send typing before the platform lets it expire
+    use_drafts: bool = False  # stream into drafts, send finished pages as messages
+    cursor: str = " ▍"
+    reserve: int = 64  # room kept for the cursor and status footers
+    final_patience: float = 900.0  # how long to keep retrying the final text after 429s
+    texts: ReplyTexts = field(default_factory=ReplyTexts)
+
+
+@dataclass
+class ReplyOutcome:
+    """What happened, for callers and the benchmark."""
+
+    status: str = "none"  # complete / interrupted / failed / busy / rejected
+    edits: int = 0
+    sends: int = 0
+    drafts: int = 0
+    rate_limited: int = 0
+    final_landed: bool = False
+    pages: int = 0
+    handles: list[object] = field(default_factory=list)
+    first_visible_at: float | None = None
+
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class StreamingReply:
+    def __init__(
+        self,
+        sink: MessageSink,
+        profile: PlatformProfile,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._sink = sink
+        self._profile = profile
+        self._clock = clock
+        self._sleep = sleep
+        self._limit = profile.max_length - profile.reserve
+        self._pager = Pager(self._limit, profile.unit)
+        self._handles: list[object] = []  # one message per page (edit mode)
+        self._shown: list[str] = []  # what each message shows now
+        self._final_pages = 0  # pages delivered for good
+        self._in_request = False
+        self._latest: str | None = None  # newest interim frame not yet shown
+        self._dirty = asyncio.Event()
+        self._next_edit = 0.0
+        self._finished = False
+        self.outcome = ReplyOutcome()
+
+    async def run(self, updates: AsyncIterator[ReplyUpdate]) -> ReplyOutcome:
+        typing = asyncio.create_task(self._keep_typing())
+        flusher = asyncio.create_task(self._flush_loop())
+        final_text: str | None = None
+        try:
+            await self._status(self._profile.texts.starting)
+            async for update in updates:
+                if isinstance(update, Waiting):
+                    await self._status(self._profile.texts.waiting.format(position=update.position))
+                elif isinstance(update, Thinking):
+                    await self._status(self._profile.texts.thinking)
+                elif isinstance(update, Partial):
+                    self._frame(update.text)
+                elif isinstance(update, Finished):
+                    final_text = self._final_text(update)
+                elif isinstance(update, Busy):
+                    final_text, self.outcome.status = self._profile.texts.busy, "busy"
+                elif isinstance(update, Rejected):
+                    final_text, self.outcome.status = update.reason, "rejected"
+        finally:
+            self._finished = True
+            typing.cancel()
+            # Let an edit in flight complete (cancelling mid-request leaves its fate unknown),
+            # but do not sit out a throttle or penalty wait: the final text supersedes it.
+            if not self._in_request:
+                flusher.cancel()
+            self._dirty.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+        if final_text is None:  # the stream ended without a final state (should not happen)
+            final_text, self.outcome.status = self._profile.texts.stopped, "interrupted"
+        await self._land(final_text)
+        return self.outcome
+
+    # -- interim frames -----------------------------------------------------------------------
+
+    async def _status(self, text: str) -> None:
+        """Statuses show at once on the first message only (a placeholder), then throttled."""
+        if not self._handles and not self._profile.use_drafts:
+            await self._deliver_interim(0, text)
+            self._next_edit = self._clock() + self._profile.edit_interval
+        elif not self._pager.pages:
+            self._frame_status(text)
+
+    def _frame_status(self, text: str) -> None:
+        self._latest = "\x00" + text  # marks a status (no paging, no cursor)
+        self._dirty.set()
+
+    def _frame(self, text: str) -> None:
+        self._latest = text
+        self._dirty.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            if self._finished:
+                return
+            wait = self._next_edit - self._clock()
+            if wait > 0:
+                await self._sleep(wait)
+                if self._finished:
+                    return
+            self._dirty.clear()
+            frame, self._latest = self._latest, None
+            if frame is None:
+                continue
+            self._in_request = True
+            try:
+                await self._show_frame(frame)
+            except RetryLater as exc:
+                # Interim frames are optional: skip them for the whole penalty.
+                self.outcome.rate_limited += 1
+                self._next_edit = self._clock() + exc.seconds
+                if self._latest is None:
+                    self._latest = frame
+                self._dirty.set()
+                continue
+            except DeliveryError as exc:
+                log.info("interim update not shown: %s", exc)
+            except Exception:  # a network blip must not end the stream; the final text retries
+                log.warning("interim update failed", exc_info=True)
+            finally:
+                self._in_request = False
+            self._next_edit = self._clock() + self._profile.edit_interval
+
+    async def _show_frame(self, frame: str) -> None:
+        if frame.startswith("\x00"):
+            await self._deliver_interim(0, frame[1:])
+            return
+        pages = self._pager.update(frame)
+        final_count = self._pager.final_count
+        # Pages that can no longer change are delivered for good before the growing one.
+        for index in range(self._final_pages, final_count):
+            await self._deliver_final(index, pages[index])
+        if len(pages) > final_count:
+            await self._deliver_interim(final_count, pages[final_count] + self._profile.cursor)
+
+    async def _deliver_interim(self, index: int, text: str) -> None:
+        if self._profile.use_drafts:
+            await self._sink.draft(text)
+            self.outcome.drafts += 1
+            self._mark_visible()
+            return
+        if index < len(self._handles):
+            if self._shown[index] == text:
+                return  # never re-send unchanged text
+            await self._sink.edit(self._handles[index], text, final=False)
+            self._shown[index] = text
+            self.outcome.edits += 1
+        else:
+            handle = await self._sink.send(text, final=False)
+            self._handles.append(handle)
+            self._shown.append(text)
+            self.outcome.sends += 1
+        self._mark_visible()
+
+    async def _deliver_final(self, index: int, text: str) -> None:
+        """Deliver page ``index`` for good; RetryLater propagates to the caller."""
+        if index < len(self._handles):
+            if self._shown[index] != text or index >= self._final_pages:
+                try:
+                    await self._sink.edit(self._handles[index], text, final=True)
+                    self.outcome.edits += 1
+                except DeliveryError:
+                    # The message is gone or can no longer be edited: say it anew.
+                    self._handles[index] = await self._sink.send(text, final=True)
+                    self.outcome.sends += 1
+                self._shown[index] = text
+        else:
+            handle = await self._sink.send(text, final=True)
+            self._handles.append(handle)
+            self._shown.append(text)
+            self.outcome.sends += 1
+        self._final_pages = max(self._final_pages, index + 1)
+        self._mark_visible()
+
+    # -- the final text -----------------------------------------------------------------------
+
+    def _final_text(self, update: Finished) -> str:
+        texts = self._profile.texts
+        parts = [update.text.strip()] if update.text.strip() else []
+        if update.status is TurnStatus.COMPLETE:
+            self.outcome.status = "complete"
+            if not parts:
+                parts.append(texts.empty)
+            if update.history_trimmed:
+                parts.append(texts.trimmed)
+        elif update.status is TurnStatus.INTERRUPTED:
+            self.outcome.status = "interrupted"
+            parts.append(texts.stopped)
+        else:
+            self.outcome.status = "failed"
+            message = update.error.user_message if update.error else "Something went wrong."
+            parts.append(texts.failed.format(error=message))
+        return "\n\n".join(parts)
+
+    async def _land(self, text: str) -> None:
+        """Deliver every page of the final text, waiting out rate limits as long as needed."""
+        pages = split_pages(text, self._limit, self._profile.unit) or [self._profile.texts.empty]
+        deadline = self._clock() + self._profile.final_patience
+        if not self._profile.use_drafts and len(self._handles) > len(pages):
+            # The answer shrank (rare: e.g. a status placeholder was longer): keep extra pages.
+            pages += ["…"] * (len(self._handles) - len(pages))
+        for index, page in enumerate(pages):
+            failures = 0
+            while True:
+                try:
+                    await self._deliver_final(index, page)
+                    break
+                except RetryLater as exc:
+                    self.outcome.rate_limited += 1
+                    wait = exc.seconds
+                except Exception:
+                    # Transient network trouble: back off, but do not give up on the answer.
+                    failures += 1
+                    if failures > 5:
+                        raise
+                    log.warning("final page not delivered yet; retrying", exc_info=True)
+                    wait = min(2.0**failures, 30.0)
+                if self._clock() + wait > deadline:
+                    log.warning("gave up delivering a final page after rate limits")
+                    self.outcome.pages = len(pages)
+                    return
+                await self._sleep(wait)
+        self.outcome.final_landed = True
+        self.outcome.pages = len(pages)
+        self.outcome.handles = list(self._handles)
+
+    async def _keep_typing(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            while not self._finished:
+                with contextlib.suppress(RetryLater, DeliveryError):
+                    await self._sink.typing()
+                await self._sleep(self._profile.typing_interval)
+
+    def _mark_visible(self) -> None:
+        if self.outcome.first_visible_at is None:
+            self.outcome.first_visible_at = self._clock()
