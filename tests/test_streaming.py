@@ -1,0 +1,185 @@
+"""StreamingReply against a recording sink on a virtual clock (no real waiting)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from rtxrelay.core.conversation import Busy, Finished, Partial, ReplyUpdate, Thinking, Waiting
+from rtxrelay.core.errors import BackendError, BackendErrorKind
+from rtxrelay.core.paging import LengthUnit, text_length
+from rtxrelay.core.store import TurnStatus
+from rtxrelay.core.streaming import (
+    DeliveryError,
+    PlatformProfile,
+    RetryLater,
+    StreamingReply,
+)
+from tests.replica import fake_model
+
+
+class VirtualClock:
+    """Every sleep jumps time forward at once; all parties read the same clock."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+        await asyncio.sleep(0)
+
+
+@dataclass
+class RecordingSink:
+    clock: VirtualClock
+    messages: dict[int, str] = field(default_factory=dict)
+    log: list[tuple[float, str, int, str, bool]] = field(default_factory=list)
+    drafts: list[str] = field(default_factory=list)
+    typing_count: int = 0
+    penalty_until: float = 0.0
+    flood_every: int = 0  # every Nth write raises RetryLater(3)
+    broken: set[int] = field(default_factory=set)  # message ids that can't be edited
+    writes: int = 0
+
+    def _write(self) -> None:
+        self.writes += 1
+        if self.clock() < self.penalty_until:
+            raise AssertionError("wrote during a rate-limit penalty")
+        if self.flood_every and self.writes % self.flood_every == 0:
+            self.penalty_until = self.clock() + 3
+            raise RetryLater(3)
+
+    async def send(self, text: str, *, final: bool) -> object:
+        self._write()
+        message_id = len(self.messages) + 1
+        self.messages[message_id] = text
+        self.log.append((self.clock(), "send", message_id, text, final))
+        return message_id
+
+    async def edit(self, handle: object, text: str, *, final: bool) -> None:
+        assert isinstance(handle, int)
+        if handle in self.broken:
+            raise DeliveryError("message can't be edited")
+        self._write()
+        assert self.messages[handle] != text, "unchanged text must never be re-sent"
+        self.messages[handle] = text
+        self.log.append((self.clock(), "edit", handle, text, final))
+
+    async def draft(self, text: str) -> None:
+        self.drafts.append(text)
+
+    async def typing(self) -> None:
+        self.typing_count += 1
+
+
+PROFILE = PlatformProfile("test", max_length=500, unit=LengthUnit.UTF16, edit_interval=1.0,
+                          typing_interval=4.0)
+
+
+async def stream(clock: VirtualClock, text: str, *, step: float = 0.05, chunk: int = 5,
+                 final: Finished | None = None) -> AsyncIterator[ReplyUpdate]:
+    yield Waiting(2)
+    await clock.sleep(1.0)
+    yield Thinking()
+    for end in range(chunk, len(text) + chunk, chunk):
+        await clock.sleep(step)
+        yield Partial(text[:end], text[end - chunk:end])
+    yield final or Finished(text, TurnStatus.COMPLETE)
+
+
+async def run(sink: RecordingSink, updates: AsyncIterator[ReplyUpdate],
+              profile: PlatformProfile = PROFILE):
+    reply = StreamingReply(sink, profile, clock=sink.clock, sleep=sink.clock.sleep)
+    async with asyncio.timeout(30):
+        return await reply.run(updates)
+
+
+async def test_placeholder_first_then_budgeted_edits_then_final_without_cursor() -> None:
+    clock = VirtualClock()
+    sink = RecordingSink(clock)
+    text = "word " * 60
+    outcome = await run(sink, stream(clock, text.strip()))
+    first = sink.log[0]
+    assert first[1] == "send" and first[0] == 0.0 and "Asking" in first[3]
+    interim = [entry for entry in sink.log if entry[1] == "edit" and not entry[4]]
+    times = [entry[0] for entry in interim]
+    assert all(b - a >= PROFILE.edit_interval - 1e-9 for a, b in zip(times, times[1:], strict=False))
+    assert any(PROFILE.cursor in entry[3] for entry in interim)
+    assert sink.messages[1] == text.strip()
+    assert outcome.final_landed and outcome.status == "complete"
+    assert sink.typing_count >= 1
+
+
+async def test_429_storm_suspends_interim_edits_and_the_final_text_lands() -> None:
+    clock = VirtualClock()
+    sink = RecordingSink(clock, flood_every=2)
+    text = fake_model.answer_text("storm [len=1200]", [])
+    outcome = await run(sink, stream(clock, text))
+    assert outcome.rate_limited > 0
+    assert "".join(sink.messages[i] for i in sorted(sink.messages)).replace("\n", "") \
+        .replace(" ", "") == text.replace("\n", "").replace(" ", "")
+    assert outcome.final_landed
+
+
+async def test_long_answer_is_paged_with_fences_intact() -> None:
+    clock = VirtualClock()
+    sink = RecordingSink(clock)
+    text = fake_model.answer_text("long [len=3000] [code]", [])
+    outcome = await run(sink, stream(clock, text, chunk=40))
+    pages = [sink.messages[i] for i in sorted(sink.messages)]
+    assert len(pages) > 3 and outcome.pages == len(pages)
+    for page in pages:
+        assert text_length(page, LengthUnit.UTF16) <= PROFILE.max_length
+        assert page.count("```") % 2 == 0, page
+        assert PROFILE.cursor not in page
+
+
+async def test_failure_and_stop_are_stated_and_keep_the_partial_text() -> None:
+    clock = VirtualClock()
+    sink = RecordingSink(clock)
+    error = BackendError(BackendErrorKind.STOPPED, "died")
+    final = Finished("half an answer", TurnStatus.FAILED, error)
+    await run(sink, stream(clock, "half an answer", final=final))
+    assert sink.messages[1].startswith("half an answer")
+    assert error.user_message in sink.messages[1]
+
+    sink = RecordingSink(clock)
+    await run(sink, stream(clock, "part", final=Finished("part", TurnStatus.INTERRUPTED)))
+    assert sink.messages[1] == "part\n\n⏹ Stopped."
+
+
+async def test_busy_is_one_clear_message() -> None:
+    clock = VirtualClock()
+    sink = RecordingSink(clock)
+
+    async def busy() -> AsyncIterator[ReplyUpdate]:
+        yield Busy()
+
+    outcome = await run(sink, busy())
+    assert outcome.status == "busy"
+    assert list(sink.messages.values()) == [PROFILE.texts.busy]
+
+
+async def test_uneditable_message_gets_the_final_text_as_a_new_message() -> None:
+    clock = VirtualClock()
+    sink = RecordingSink(clock, broken={1})
+    await run(sink, stream(clock, "final words"))
+    assert sink.messages[2] == "final words"
+
+
+async def test_draft_mode_streams_previews_then_sends_messages() -> None:
+    clock = VirtualClock()
+    sink = RecordingSink(clock)
+    drafts = PlatformProfile("dm", max_length=500, unit=LengthUnit.UTF16, edit_interval=0.5,
+                             typing_interval=4.0, use_drafts=True)
+    text = fake_model.answer_text("drafted [len=900]", [])
+    outcome = await run(sink, stream(clock, text, chunk=20), drafts)
+    assert sink.drafts and sink.drafts[0].startswith("⏳")
+    assert all(entry[1] == "send" and entry[4] for entry in sink.log)
+    assert outcome.sends == len(sink.messages) >= 2
+    assert "".join(sink.messages.values()).replace("\n", "").replace(" ", "") \
+        == text.replace("\n", "").replace(" ", "")
