@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from collections import Counter
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -63,7 +64,22 @@ def _answer_of(value: Any) -> str:
     return last[1]
 
 
-def run(url: str, question: str, fn_index: int, result: Result) -> None:
+def _watch(job: Any, result: Result, out: str, finished: threading.Event) -> None:
+    """If the job fails before streaming ends, ``for output in job`` polls forever (its status
+    never reaches FINISHED): report the job's exception and leave instead of hanging."""
+    error = job.future.exception()  # waits until the job's future is done
+    if error is None or finished.wait(2.0):
+        return
+    try:
+        raise error
+    except BaseException as exc:
+        result.fail(exc)
+    result.error = f"{result.error} (the job failed; iterating it would never end)"
+    result.write(out)
+    os._exit(1)
+
+
+def run(url: str, question: str, fn_index: int, result: Result, out: str) -> None:
     parts = urlsplit(url)
     cookie = parse_qs(parts.query)["cookie"][0]
     base = f"{parts.scheme}://{parts.netloc}"
@@ -80,6 +96,8 @@ def run(url: str, question: str, fn_index: int, result: Result) -> None:
     result.extra["protocol"] = client.protocol
 
     job = client.submit([[question, None]], fn_index=fn_index)
+    finished = threading.Event()
+    threading.Thread(target=_watch, args=(job, result, out, finished), daemon=True).start()
     first_text: float | None = None
     last: Any = None
     for output in job:  # blocks until the next update; ends when the job has finished
@@ -87,6 +105,7 @@ def run(url: str, question: str, fn_index: int, result: Result) -> None:
         last = output
         if first_text is None:
             first_text = checkpoint().wall
+    finished.set()
     final = job.result()  # raises what the job raised
     result.final_text = _answer_of(final)
     done = checkpoint()
@@ -114,7 +133,7 @@ def main() -> int:
         extra={"gradio_client": gradio_client.__version__, "python": sys.version.split()[0]},
     )
     try:
-        run(url, question, int(fn_index), result)
+        run(url, question, int(fn_index), result, out)
     except BaseException as exc:  # report anything, even a KeyboardInterrupt
         result.fail(exc)
     result.write(out)

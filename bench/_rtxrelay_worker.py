@@ -5,19 +5,23 @@
 Phases, each measured by the process itself (see _measure.py):
 - start-up: interpreter start + importing aiohttp and rtxrelay's client;
 - connect: ``probe()`` = GET /config + the UI's session check (one queued job);
-- answer: ``stream_answer`` from joining the queue to the final ``Done``.
+- answer: ``stream_answer`` from joining the queue to the final ``Done``; the CPU spent in
+  its HTML -> Markdown conversion (``convert_answer``, run on every update) is also
+  reported on its own, as gradio_client does no such thing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+import time
 import uuid
 from collections import Counter
 
 import aiohttp
 from _measure import Result, checkpoint, startup_wall
 
+from rtxrelay.core import chatrtx
 from rtxrelay.core.backend import Done, Failed, TextSoFar
 from rtxrelay.core.chatrtx import ChatRtxBackend
 from rtxrelay.core.gradio_client import GradioQueueClient
@@ -35,9 +39,29 @@ def _count_messages(counts: Counter[str]) -> None:
     GradioQueueClient._handle = counting  # type: ignore[method-assign,assignment]
 
 
+def _time_conversion(spent: list[float]) -> None:
+    """Add up the CPU time of the chatbot HTML -> Markdown conversion (once per update).
+
+    gradio_client has no such step, so "answer CPU minus this" is the like-for-like
+    protocol cost. Two clock reads per call: noise next to the conversion itself.
+    """
+    convert = chatrtx.convert_answer
+
+    def timed(raw: str, *, streaming: bool = False) -> object:
+        started = time.process_time()
+        try:
+            return convert(raw, streaming=streaming)
+        finally:
+            spent[0] += time.process_time() - started
+
+    chatrtx.convert_answer = timed  # type: ignore[assignment]
+
+
 async def run(url: str, question: str, result: Result) -> None:
     counts: Counter[str] = Counter()
     _count_messages(counts)
+    converting = [0.0]
+    _time_conversion(converting)
     trace = aiohttp.TraceConfig()
 
     async def on_request_start(
@@ -55,6 +79,7 @@ async def run(url: str, question: str, result: Result) -> None:
         result.connect_wall = connected.wall - start.wall
         result.connect_cpu = connected.cpu - start.cpu
         counts.clear()
+        converting[0] = 0.0
 
         first_text: float | None = None
         async for update in backend.stream_answer(question, [], session=f"bench-{uuid.uuid4()}"):
@@ -72,6 +97,7 @@ async def run(url: str, question: str, result: Result) -> None:
         if first_text is not None:
             result.first_text_wall = first_text - connected.wall
     result.messages = dict(counts)
+    result.extra["convert_cpu"] = converting[0]
     result.ok = result.final_text is not None
     if not result.ok:
         result.error = "the stream ended without a Done update"

@@ -166,6 +166,18 @@ async def find_fn_index(url: str) -> int:
 Metric = tuple[str, Callable[[Run, int], float]]
 
 
+def _convert_cpu(run: Run) -> float:
+    """rtxrelay's per-update HTML -> Markdown conversion; gradio_client has none (nan)."""
+    value = run.data.get("extra", {}).get("convert_cpu")
+    return float(value) if isinstance(value, int | float) else math.nan
+
+
+def _protocol_cpu(run: Run) -> float:
+    """Answer CPU without the HTML conversion: the like-for-like Gradio protocol cost."""
+    convert = _convert_cpu(run)
+    return run.get("answer_cpu") - (0.0 if math.isnan(convert) else convert)
+
+
 def _cpu_per_1k(run: Run, tokens: int) -> float:
     return (run.get("connect_cpu") + run.get("answer_cpu")) / tokens * 1000
 
@@ -186,6 +198,9 @@ METRICS: list[Metric] = [
      lambda r, t: r.get("answer_cpu") / r.get("answer_wall") * 100),
     ("CPU s / 1k tokens (1st request->final)", _cpu_per_1k),
     ("CPU s / 1k tokens (answer only)", lambda r, t: r.get("answer_cpu") / t * 1000),
+    ("  of it HTML->Markdown (convert_answer) s", lambda r, t: _convert_cpu(r)),
+    ("answer CPU s without HTML->Markdown", lambda r, t: _protocol_cpu(r)),
+    ("  the same per 1k tokens", lambda r, t: _protocol_cpu(r) / t * 1000),
     ("peak RSS MiB", lambda r, t: r.get("peak_rss_mib")),
     ("peak RSS - RSS after imports MiB",
      lambda r, t: r.get("peak_rss_mib") - r.get("rss_after_import_mib")),
@@ -228,7 +243,17 @@ def print_table(rows: list[tuple[str, str, str, str]]) -> None:
             print("-+-".join("-" * w for w in widths))
 
 
-def report_length(length: int, runs: list[Run], reps: int) -> tuple[float, float, float, float]:
+# (title, metric) of the by-length overview printed after the per-length tables.
+OVERVIEW: list[Metric] = [
+    ("CPU s / 1k tokens, 1st request -> final", _cpu_per_1k),
+    ("CPU s / 1k tokens, answer without HTML->Markdown",
+     lambda r, t: _protocol_cpu(r) / t * 1000),
+    ("peak RSS MiB", lambda r, t: r.get("peak_rss_mib")),
+]
+
+
+def report_length(length: int, runs: list[Run], reps: int) -> list[tuple[float, float]]:
+    """Print one length's table; return its (ours, theirs) medians for OVERVIEW."""
     expected = fake_model.answer_text(QUESTION.format(n=length), [])
     tokens = len(fake_model.tokens(expected))
     ok = {c: [r for r in runs if r.client == c and r.ok] for c in CLIENTS}
@@ -241,9 +266,8 @@ def report_length(length: int, runs: list[Run], reps: int) -> tuple[float, float
         ours, theirs = median(ok[OURS], metric, tokens), median(ok[THEIRS], metric, tokens)
         rows.append((name, fmt(ours), fmt(theirs), ratio(theirs, ours)))
     print_table(rows)
-    return (median(ok[OURS], _cpu_per_1k, tokens), median(ok[THEIRS], _cpu_per_1k, tokens),
-            median(ok[OURS], lambda r, t: r.get("peak_rss_mib"), tokens),
-            median(ok[THEIRS], lambda r, t: r.get("peak_rss_mib"), tokens))
+    return [(median(ok[OURS], metric, tokens), median(ok[THEIRS], metric, tokens))
+            for _, metric in OVERVIEW]
 
 
 _SESSION_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -333,27 +357,19 @@ async def bench(args: argparse.Namespace) -> list[Run]:
 
 
 def report(args: argparse.Namespace, runs: list[Run]) -> int:
-    summary: list[tuple[str, str, str, str]] = [
-        ("answer chars / tokens", "rtxrelay CPU s/1k tok", "gradio_client CPU s/1k tok",
-         "ratio"),
-    ]
-    rss_rows: list[tuple[str, str, str, str]] = [
-        ("answer chars / tokens", "rtxrelay peak RSS MiB", "gradio_client peak RSS MiB",
-         "ratio"),
+    overview: list[list[tuple[str, str, str, str]]] = [
+        [("answer chars / tokens", OURS, THEIRS, "ratio")] for _ in OVERVIEW
     ]
     for length in args.lengths:
-        ours, theirs, ours_rss, theirs_rss = report_length(
-            length, [r for r in runs if r.length == length], args.reps
-        )
+        medians = report_length(length, [r for r in runs if r.length == length], args.reps)
         text = fake_model.answer_text(QUESTION.format(n=length), [])
         label = f"{len(text):,} / {len(fake_model.tokens(text)):,}"
-        summary.append((label, fmt(ours), fmt(theirs), ratio(theirs, ours)))
-        rss_rows.append((label, fmt(ours_rss), fmt(theirs_rss), ratio(theirs_rss, ours_rss)))
+        for rows, (ours, theirs) in zip(overview, medians, strict=True):
+            rows.append((label, fmt(ours), fmt(theirs), ratio(theirs, ours)))
     if len(args.lengths) > 1:
-        print("\n== CPU seconds per 1,000 tokens by answer length (medians) ==")
-        print_table(summary)
-        print()
-        print_table(rss_rows)
+        for (title, _), rows in zip(OVERVIEW, overview, strict=True):
+            print(f"\n== by answer length: {title} (medians) ==")
+            print_table(rows)
     report_details(runs)
     report_failures(runs)
     if args.json:

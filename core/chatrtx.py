@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 
 from .backend import BackendInfo, BackendUpdate, Done, Exchange, Failed, Queued, Started, TextSoFar
-from .chatrtx_html import convert_answer
+from .chatrtx_html import StreamingConverter, convert_answer
 from .errors import BackendError, BackendErrorKind
 from .gradio_client import GradioApp, GradioQueueClient, JobOutput, JobQueued, JobStarted, Timeouts
 from .launch_url import LaunchUrl
@@ -183,6 +183,7 @@ class ChatRtxBackend:
         self, question: str, history: Sequence[Exchange], *, session: str
     ) -> AsyncIterator[BackendUpdate]:
         text = ""
+        converter = StreamingConverter()
         try:
             app, chat = await self._connect()
             if not self._validated:
@@ -201,7 +202,7 @@ class ChatRtxBackend:
                         converted = convert_answer(raw)
                         yield Done(converted.text, raw, converted.references)
                         return
-                    new = convert_answer(raw, streaming=True).text
+                    new = converter.feed(raw)
                     if new != text:
                         delta = new[len(text) :] if new.startswith(text) else ""
                         text = new

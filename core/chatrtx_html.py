@@ -56,13 +56,14 @@ def convert_answer(raw: str, *, streaming: bool = False) -> ConvertedAnswer:
 
     def anchor(match: re.Match[str]) -> str:
         attrs = _attrs(match.group(1))
+        if "data-link" not in attrs:
+            return match.group(0)  # the model's own text, not an app reference: leave it
         label = html.unescape(_TAG.sub("", match.group(2))).strip()
-        target = attrs.get("data-link") or attrs.get("href") or ""
-        name = file_name(label) if label else file_name(target)
-        if attrs.get("data-link") is not None and label.lower() != "see all matches":
+        name = file_name(label) if label else file_name(attrs["data-link"])
+        if label.lower() != "see all matches":
             references.append(name)
             return "\x00REF\x00"
-        return name
+        return ""
 
     def image(match: re.Match[str]) -> str:
         attrs = _attrs(match.group(1))
@@ -116,3 +117,30 @@ def _hold_back_partial_tag(raw: str) -> str:
 
 def _unique(items: list[str]) -> list[str]:
     return list(dict.fromkeys(i for i in items if i))
+
+
+class StreamingConverter:
+    """``convert_answer(raw, streaming=True)`` for a growing answer, without redoing the
+    regex passes over the whole text at every token (that made streaming quadratic).
+
+    While the answer is plain text (no tag, no backslash path, no blank-line run to collapse)
+    conversion is the identity up to trimming, which is checked on the new part only.
+    """
+
+    _SPECIAL = ("<", "\\", "\n\n\n", "See all matches")
+
+    def __init__(self) -> None:
+        self._raw = ""
+        self._plain = True
+
+    def feed(self, raw: str) -> str:
+        if self._plain and raw.startswith(self._raw):
+            # Look a few characters back so a marker split across two updates is seen.
+            tail = raw[max(0, len(self._raw) - 16):]
+            self._plain = not any(marker in tail for marker in self._SPECIAL)
+        else:
+            self._plain = self._plain and not any(m in raw for m in self._SPECIAL)
+        self._raw = raw
+        if self._plain:
+            return raw.strip()
+        return convert_answer(raw, streaming=True).text

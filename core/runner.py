@@ -2,20 +2,53 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from .config import Settings, env_reader
+from .conversation import ConversationService
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+PlatformRunner = Callable[[ConversationService, Settings, asyncio.Event], Awaitable[None]]
 
-async def run_bots(settings: Settings) -> int:
+
+def configured_platforms(settings: Settings) -> dict[str, PlatformRunner]:
     env = env_reader(settings)
-    if not env.str("TELEGRAM_TOKEN") and not env.str("DISCORD_TOKEN"):
+    platforms: dict[str, PlatformRunner] = {}
+    if env.str("TELEGRAM_TOKEN"):
+        from rtxrelay.bots.telegram_bot import run_telegram
+
+        platforms["Telegram"] = run_telegram
+    if env.str("DISCORD_TOKEN"):
+        log.warning("DISCORD_TOKEN is set, but the Discord bot is not part of this build yet")
+    return platforms
+
+
+async def run_bots(settings: Settings, stop: asyncio.Event | None = None) -> int:
+    from .relay import open_relay
+
+    platforms = configured_platforms(settings)
+    if not platforms:
         raise ConfigError(
             "No bot is configured.",
             hint="Set TELEGRAM_TOKEN (from @BotFather) and/or DISCORD_TOKEN (Discord developer "
             "portal → Bot → Token) in .env, then run `rtxrelay run` again.",
         )
-    raise ConfigError("The bots are not available in this build yet.")
+    stop = stop or asyncio.Event()
+    async with open_relay(settings) as relay:
+
+        async def guarded(name: str, runner: PlatformRunner) -> None:
+            # One platform failing (bad token, network) must not take the others down.
+            try:
+                await runner(relay.service, settings, stop)
+            except Exception:
+                log.exception("%s bot stopped with an error", name)
+
+        try:
+            await asyncio.gather(*(guarded(n, r) for n, r in platforms.items()))
+        finally:
+            stop.set()
+    return 0

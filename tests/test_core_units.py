@@ -169,3 +169,16 @@ def test_tls_settings(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as unset:
         load_settings({}, None).backend.launch_url()
     assert "discover" in unset.value.hint
+
+
+@pytest.mark.parametrize(
+    "question",
+    ["a [refs] [len=3000]", "b [len=2000] [code]", "[images] x",
+     "[echo] <b>x</b> C:\\Users\\a\\b.txt\n\n\n\nz"],
+)
+def test_streaming_converter_matches_full_conversion(question: str) -> None:
+    from rtxrelay.core.chatrtx_html import StreamingConverter
+
+    converter = StreamingConverter()
+    for chunk in fake_model.answer_stream(question, []):
+        assert converter.feed(chunk) == convert_answer(chunk, streaming=True).text

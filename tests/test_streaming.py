@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -107,7 +108,7 @@ async def test_placeholder_first_then_budgeted_edits_then_final_without_cursor()
     assert first[1] == "send" and first[0] == 0.0 and "Asking" in first[3]
     interim = [entry for entry in sink.log if entry[1] == "edit" and not entry[4]]
     times = [entry[0] for entry in interim]
-    assert all(b - a >= PROFILE.edit_interval - 1e-9 for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a >= PROFILE.edit_interval - 1e-9 for a, b in itertools.pairwise(times))
     assert any(PROFILE.cursor in entry[3] for entry in interim)
     assert sink.messages[1] == text.strip()
     assert outcome.final_landed and outcome.status == "complete"

@@ -1,0 +1,375 @@
+"""The Telegram adapter (python-telegram-bot): events in, a MessageSink out.
+
+Private chats: every message is a question. Groups: @mentions of this bot, replies to its
+messages and ``/ask@bot …`` (the last two work under privacy mode). Streaming, paging, rate
+limits and formatting all live in the shared ``StreamingReply``; this file only maps
+Telegram's shapes onto it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import timedelta
+
+from telegram import BotCommand, Message, MessageEntity, ReplyParameters, Update
+from telegram.constants import ChatAction, ChatType, ParseMode
+from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
+from telegram.ext import (
+    Application,
+    ApplicationBuilder,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    filters,
+)
+
+from rtxrelay.core.config import Settings, env_reader
+from rtxrelay.core.conversation import ConversationService, ReplyUpdate
+from rtxrelay.core.errors import ConfigError
+from rtxrelay.core.paging import LengthUnit
+from rtxrelay.core.ratelimit import SlidingWindowLimiter, parse_rate
+from rtxrelay.core.render import to_plain_text, to_telegram_html
+from rtxrelay.core.store import ConversationKey
+from rtxrelay.core.streaming import (
+    DeliveryError,
+    PlatformProfile,
+    ReplyTexts,
+    RetryLater,
+    StreamingReply,
+)
+
+log = logging.getLogger(__name__)
+
+TEXTS = ReplyTexts(
+    busy="⏳ Still answering your previous question — send /cancel to stop it.",
+)
+# Bot API: 4096 characters after entity parsing; we budget UTF-16 units to be safe either way.
+PRIVATE = PlatformProfile("telegram-private", 4096, LengthUnit.UTF16, edit_interval=1.0,
+                          typing_interval=4.0, use_drafts=True, texts=TEXTS)
+GROUP = PlatformProfile("telegram-group", 4096, LengthUnit.UTF16, edit_interval=3.0,
+                        typing_interval=4.0, texts=TEXTS)
+COMMANDS = [
+    BotCommand("ask", "Ask Chat with RTX a question"),
+    BotCommand("reset", "Start a new conversation"),
+    BotCommand("cancel", "Stop the answer being written"),
+    BotCommand("retry", "Ask your last question again"),
+    BotCommand("help", "How to use this bot"),
+]
+HELP = (
+    "I pass your questions to Chat with RTX and stream its answers.\n\n"
+    "• In a private chat, just write.\n"
+    "• In groups, mention me, reply to one of my answers, or use /ask your question.\n"
+    "/reset starts a new conversation, /cancel stops an answer, /retry asks again."
+)
+
+
+@dataclass(frozen=True)
+class TelegramSettings:
+    token: str
+    allowed_users: frozenset[int] = frozenset()
+    allowed_chats: frozenset[int] = frozenset()
+    proxy: str | None = None
+    api_base_url: str | None = None  # a self-hosted Bot API server, e.g. http://host:8081/bot
+    history_per_chat: bool = False  # one shared history per group instead of per user
+    drafts_in_private: bool = True
+    user_rate: tuple[int, float] = (10, 60.0)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TelegramSettings:
+        env = env_reader(settings)
+        token = env.str("TELEGRAM_TOKEN")
+        if not token:
+            raise ConfigError("TELEGRAM_TOKEN is not set.", hint="Get one from @BotFather.")
+        history = (env.str("TELEGRAM_HISTORY") or "user").lower()
+        if history not in ("user", "chat"):
+            raise ConfigError(f"TELEGRAM_HISTORY={history!r} is not 'user' or 'chat'.")
+        streaming = (env.str("TELEGRAM_PRIVATE_STREAMING") or "draft").lower()
+        if streaming not in ("draft", "edit"):
+            raise ConfigError(f"TELEGRAM_PRIVATE_STREAMING={streaming!r} is not 'draft' or 'edit'.")
+        return cls(
+            token=token,
+            allowed_users=env.ids("TELEGRAM_ALLOWED_USERS"),
+            allowed_chats=env.ids("TELEGRAM_ALLOWED_CHATS"),
+            proxy=env.str("TELEGRAM_PROXY"),
+            api_base_url=env.str("TELEGRAM_API_URL"),
+            history_per_chat=history == "chat",
+            drafts_in_private=streaming == "draft",
+            user_rate=parse_rate("USER_RATE_LIMIT", env.str("USER_RATE_LIMIT"), (10, 60.0)),
+        )
+
+
+class TelegramSink:
+    """MessageSink over PTB. Interim frames are plain text (partial Markdown is often
+    unbalanced); final frames are HTML with a plain-text fallback if Telegram rejects it."""
+
+    def __init__(self, bot: object, chat_id: int, *, reply_to: int | None,
+                 thread_id: int | None, draft_id: int) -> None:
+        self._bot = bot
+        self._chat_id = chat_id
+        self._reply_to = reply_to
+        self._thread_id = thread_id
+        self._draft_id = draft_id
+
+    async def send(self, text: str, *, final: bool) -> object:
+        reply = ReplyParameters(self._reply_to, allow_sending_without_reply=True) \
+            if self._reply_to else None
+        self._reply_to = None  # only the first page quotes the question
+
+        async def call(body: str, mode: str | None) -> object:
+            message = await self._bot.send_message(  # type: ignore[attr-defined]
+                self._chat_id, body, parse_mode=mode, reply_parameters=reply,
+                message_thread_id=self._thread_id,
+            )
+            return message.message_id
+
+        return await self._write(text, final, call)
+
+    async def edit(self, handle: object, text: str, *, final: bool) -> None:
+        async def call(body: str, mode: str | None) -> None:
+            await self._bot.edit_message_text(  # type: ignore[attr-defined]
+                body, chat_id=self._chat_id, message_id=int(handle),  # type: ignore[call-overload]
+                parse_mode=mode,
+            )
+
+        await self._write(text, final, call)
+
+    async def draft(self, text: str) -> None:
+        await self._guard(self._bot.send_message_draft(  # type: ignore[attr-defined]
+            self._chat_id, self._draft_id, text=to_plain_text(text) or "…",
+            message_thread_id=self._thread_id,
+        ))
+
+    async def typing(self) -> None:
+        await self._guard(self._bot.send_chat_action(  # type: ignore[attr-defined]
+            self._chat_id, ChatAction.TYPING, message_thread_id=self._thread_id,
+        ))
+
+    async def _write(self, text: str, final: bool,
+                     call: Callable[[str, str | None], Awaitable[object]]) -> object:
+        if final:
+            try:
+                return await self._guard(call(to_telegram_html(text), ParseMode.HTML))
+            except BadRequest as exc:
+                if "parse entities" not in str(exc).lower():
+                    raise self._delivery(exc) from exc
+                log.info("Telegram rejected the formatting; sending plain text")
+        try:
+            return await self._guard(call(to_plain_text(text), None))
+        except BadRequest as exc:
+            raise self._delivery(exc) from exc
+
+    @staticmethod
+    async def _guard(call: Awaitable[object]) -> object:
+        try:
+            return await call
+        except RetryAfter as exc:
+            wait = exc.retry_after
+            seconds = wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
+            raise RetryLater(seconds) from exc
+        except BadRequest as exc:
+            if "not modified" in str(exc).lower():
+                return None  # the text is already there: success
+            raise
+        except Forbidden as exc:
+            raise DeliveryError(str(exc)) from exc
+
+    @staticmethod
+    def _delivery(exc: BadRequest) -> DeliveryError:
+        return DeliveryError(str(exc))
+
+
+class TelegramBot:
+    def __init__(
+        self,
+        service: ConversationService,
+        settings: TelegramSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._service = service
+        self._settings = settings
+        self._clock = clock
+        self._sleep = sleep
+        self._limiter = SlidingWindowLimiter(*settings.user_rate, clock=clock)
+        self._replies: set[asyncio.Task[object]] = set()
+        self._active: set[ConversationKey] = set()
+        self.application = self._build()
+
+    def _build(self) -> Application:  # type: ignore[type-arg]
+        builder = ApplicationBuilder().token(self._settings.token).concurrent_updates(True)
+        if self._settings.api_base_url:
+            base = self._settings.api_base_url.rstrip("/")
+            builder = builder.base_url(base).base_file_url(base.replace("/bot", "/file/bot", 1))
+        if self._settings.proxy:
+            builder = builder.proxy(self._settings.proxy).get_updates_proxy(self._settings.proxy)
+        app = builder.build()
+        app.add_handler(CommandHandler(["start", "help"], self._on_help))
+        app.add_handler(CommandHandler("ask", self._on_ask))
+        app.add_handler(CommandHandler("reset", self._on_reset))
+        app.add_handler(CommandHandler("cancel", self._on_cancel))
+        app.add_handler(CommandHandler("retry", self._on_retry))
+        app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, self._on_text))
+        app.add_error_handler(self._on_error)
+        return app
+
+    # -- running ----------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until ``stop`` is set, then finish in-flight replies as 'Stopped'."""
+        app = self.application
+        async with app:
+            await app.bot.set_my_commands(COMMANDS)
+            await app.start()
+            assert app.updater is not None
+            await app.updater.start_polling(drop_pending_updates=False)
+            log.info("Telegram bot @%s is running", app.bot.username)
+            try:
+                await stop.wait()
+            finally:
+                await app.updater.stop()
+                await self.finish_replies()
+                await app.stop()
+
+    async def finish_replies(self, timeout: float = 30.0) -> None:
+        """Stop every answer in flight; each reply then lands its text as 'Stopped'."""
+        for key in list(self._active):
+            self._service.cancel(key)
+        if self._replies:
+            await asyncio.wait(self._replies, timeout=timeout)
+
+    # -- handlers ---------------------------------------------------------------------------------
+
+    async def _on_help(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        if self._allowed(update) and update.effective_message:
+            await update.effective_message.reply_text(HELP, do_quote=False)
+
+    async def _on_ask(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        question = " ".join(context.args or [])
+        if not question.strip() and update.effective_message:
+            await update.effective_message.reply_text("Usage: /ask your question")
+            return
+        await self._answer(update, context, question)
+
+    async def _on_text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.effective_message
+        chat = update.effective_chat
+        if message is None or chat is None or not message.text:
+            return
+        if chat.type == ChatType.PRIVATE:
+            await self._answer(update, context, message.text)
+            return
+        question = self._addressed_to_bot(message, context)
+        if question is not None:
+            await self._answer(update, context, question)
+
+    async def _on_reset(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        if not self._allowed(update) or update.effective_message is None:
+            return
+        await self._service.reset(self._key(update))
+        await update.effective_message.reply_text("🆕 New conversation started.")
+
+    async def _on_cancel(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        if not self._allowed(update) or update.effective_message is None:
+            return
+        if not self._service.cancel(self._key(update)):
+            await update.effective_message.reply_text("Nothing to stop.")
+
+    async def _on_retry(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        await self._answer(update, context, None)
+
+    async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        # Never show exception text to users; log without message content.
+        log.error("Telegram handler failed: %s", type(context.error).__name__,
+                  exc_info=context.error)
+
+    # -- the answer -------------------------------------------------------------------------------
+
+    async def _answer(self, update: Update, context: ContextTypes.DEFAULT_TYPE,
+                      question: str | None) -> None:
+        message = update.effective_message
+        chat = update.effective_chat
+        if message is None or chat is None or update.effective_user is None:
+            return
+        if not self._allowed(update):
+            if chat.type == ChatType.PRIVATE:
+                await message.reply_text("Sorry, this bot is private.")
+            return
+        key = self._key(update)
+        wait = self._limiter.check(f"{update.effective_user.id}")
+        if wait > 0:
+            await message.reply_text(f"Slow down a little — try again in {int(wait) + 1} s.")
+            return
+        private = chat.type == ChatType.PRIVATE
+        if private:
+            profile = replace(PRIVATE, use_drafts=self._settings.drafts_in_private)
+        else:
+            profile = GROUP
+        thread = message.message_thread_id if message.is_topic_message else None
+        sink = TelegramSink(context.bot, chat.id, reply_to=None if private else message.message_id,
+                            thread_id=thread, draft_id=message.message_id)
+        updates: AsyncIterator[ReplyUpdate] = (
+            self._service.retry(key) if question is None else self._service.ask(key, question)
+        )
+        reply = StreamingReply(sink, profile, clock=self._clock, sleep=self._sleep)
+        task = asyncio.current_task()
+        self._active.add(key)
+        if task is not None:
+            self._replies.add(task)
+        try:
+            outcome = await reply.run(updates)
+            log.info("telegram reply %s: %d edits, %d sends, %d rate-limited", outcome.status,
+                     outcome.edits, outcome.sends, outcome.rate_limited)
+        except TelegramError as exc:
+            log.warning("could not deliver a reply: %s", type(exc).__name__)
+        finally:
+            self._active.discard(key)
+            if task is not None:
+                self._replies.discard(task)
+
+    def _key(self, update: Update) -> ConversationKey:
+        chat = update.effective_chat
+        user = update.effective_user
+        assert chat is not None and user is not None
+        per_chat = self._settings.history_per_chat and chat.type != ChatType.PRIVATE
+        return ConversationKey("telegram", str(chat.id), "*" if per_chat else str(user.id))
+
+    def _allowed(self, update: Update) -> bool:
+        users, chats = self._settings.allowed_users, self._settings.allowed_chats
+        if not users and not chats:
+            return True
+        user = update.effective_user
+        chat = update.effective_chat
+        return bool((user and user.id in users) or (chat and chat.id in chats))
+
+    @staticmethod
+    def _addressed_to_bot(message: Message, context: ContextTypes.DEFAULT_TYPE) -> str | None:
+        """The question if a group message is for us (mention or reply), else None."""
+        text = message.text or ""
+        username = (context.bot.username or "").lower()
+        mentioned = False
+        for entity, value in message.parse_entities([MessageEntity.MENTION]).items():
+            if value.lower() == f"@{username}":
+                mentioned = True
+                # parse_entities gives UTF-16-correct slices; remove this mention only.
+                text = text.replace(value, " ", 1)
+                del entity
+        replied = message.reply_to_message is not None and (
+            message.reply_to_message.from_user is not None
+            and message.reply_to_message.from_user.id == context.bot.id
+        )
+        if not (mentioned or replied):
+            return None
+        return " ".join(text.split())
+
+
+async def run_telegram(service: ConversationService, settings: Settings,
+                       stop: asyncio.Event) -> None:
+    bot = TelegramBot(service, TelegramSettings.from_settings(settings))
+    with contextlib.suppress(asyncio.CancelledError):
+        await bot.run(stop)
