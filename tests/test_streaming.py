@@ -18,20 +18,7 @@ from rtxrelay.core.streaming import (
     StreamingReply,
 )
 from tests.replica import fake_model
-
-
-class VirtualClock:
-    """Every sleep jumps time forward at once; all parties read the same clock."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
-        await asyncio.sleep(0)
+from tests.virtual_clock import VirtualClock
 
 
 @dataclass

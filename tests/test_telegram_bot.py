@@ -20,20 +20,7 @@ from rtxrelay.storage.sqlite_store import SqliteStore
 from tests.fakes.telegram_api import FakeTelegram
 from tests.replica import fake_model
 from tests.replica.launcher import Replica, free_port
-
-
-class VirtualClock:
-    """Shared by the fake's flood model and the bot's waits: 429 penalties cost no real time."""
-
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
-        await asyncio.sleep(0)
+from tests.virtual_clock import VirtualClock
 
 
 @dataclass
@@ -51,7 +38,7 @@ async def make_rig(rtx_426: Replica, tmp_path: Path) -> AsyncIterator[object]:
 
     async def make(*, url: str | None = None, per_chat_rate: tuple[int, float] | None = None,
                    **settings: object) -> Rig:
-        clock = VirtualClock()
+        clock = VirtualClock(1_000.0)
         fake = FakeTelegram(per_chat_rate=per_chat_rate, clock=clock)
         await fake.__aenter__()
         store = SqliteStore(tmp_path / f"relay{len(stack)}.db")
