@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import TextIO
 
-import aiohttp
-
 from rtxrelay.storage.sqlite_store import SqliteStore
 
-from .chatrtx import ChatRtxBackend
 from .config import Settings, env_reader
 from .errors import RelayError
+from .relay import backend_session, make_backend
 
 
 async def run_doctor(settings: Settings, out: TextIO) -> int:
@@ -35,23 +33,15 @@ async def run_doctor(settings: Settings, out: TextIO) -> int:
     ok(f"settings loaded ({settings.env_file or 'environment only, no .env file'})")
     try:
         launch = settings.backend.launch_url()
-        ssl_context = settings.backend.ssl_context(launch)
+        settings.backend.ssl_context(launch)  # reports a bad RTX_CA_FILE / insecure setting
     except RelayError as exc:
         bad("RTX_URL", exc)
     else:
         ok(f"RTX_URL is {launch.redacted}")
         if not launch.cookie:
             info("RTX_URL has no ?cookie=…; Chat with RTX 0.2/0.3 will reject the session")
-        async with aiohttp.ClientSession(
-            trust_env=False, cookie_jar=aiohttp.DummyCookieJar()
-        ) as http:
-            backend = ChatRtxBackend(
-                http,
-                launch,
-                ssl_context=ssl_context,
-                timeouts=settings.backend.timeouts,
-                chat_fn=settings.backend.chat_fn,
-            )
+        async with backend_session() as http:
+            backend = make_backend(http, settings)
             try:
                 found = await backend.probe()
             except RelayError as exc:

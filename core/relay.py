@@ -26,24 +26,30 @@ class Relay:
     service: ConversationService
 
 
+def backend_session() -> aiohttp.ClientSession:
+    # trust_env=False: Chat with RTX is local; a system HTTP proxy must not see its traffic.
+    # DummyCookieJar: ChatRTX's cookie check breaks on any extra cookie in the header.
+    return aiohttp.ClientSession(trust_env=False, cookie_jar=aiohttp.DummyCookieJar())
+
+
+def make_backend(http: aiohttp.ClientSession, settings: Settings) -> ChatRtxBackend:
+    """The one place settings become a backend (relay, doctor); raises on bad settings."""
+    launch = settings.backend.launch_url()
+    return ChatRtxBackend(
+        http,
+        launch,
+        ssl_context=settings.backend.ssl_context(launch),
+        timeouts=settings.backend.timeouts,
+        chat_fn=settings.backend.chat_fn,
+    )
+
+
 @asynccontextmanager
 async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
-    launch = settings.backend.launch_url()
-    ssl_context = settings.backend.ssl_context(launch)
-    # trust_env=False: Chat with RTX is local; a system HTTP proxy must not see its traffic.
-    async with (
-        # DummyCookieJar: ChatRTX's cookie check breaks on any extra cookie in the header.
-        aiohttp.ClientSession(trust_env=False, cookie_jar=aiohttp.DummyCookieJar()) as http,
-        SqliteStore(settings.database) as store,
-    ):
+    settings.backend.ssl_context(settings.backend.launch_url())  # fail fast on bad settings
+    async with backend_session() as http, SqliteStore(settings.database) as store:
         recovered = await store.recover_pending()
         if recovered:
             log.info("marked %d unfinished answer(s) from a previous run as interrupted", recovered)
-        backend = ChatRtxBackend(
-            http,
-            launch,
-            ssl_context=ssl_context,
-            timeouts=settings.backend.timeouts,
-            chat_fn=settings.backend.chat_fn,
-        )
+        backend = make_backend(http, settings)
         yield Relay(settings, backend, store, ConversationService(backend, store, settings.limits))
