@@ -18,7 +18,7 @@ from datetime import timedelta
 
 from telegram import BotCommand, Message, MessageEntity, ReplyParameters, Update
 from telegram.constants import ChatAction, ChatType, ParseMode
-from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
+from telegram.error import BadRequest, Forbidden, InvalidToken, RetryAfter, TelegramError
 from telegram.ext import (
     Application,
     ApplicationBuilder,
@@ -371,5 +371,11 @@ class TelegramBot:
 async def run_telegram(service: ConversationService, settings: Settings,
                        stop: asyncio.Event) -> None:
     bot = TelegramBot(service, TelegramSettings.from_settings(settings))
-    with contextlib.suppress(asyncio.CancelledError):
-        await bot.run(stop)
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            await bot.run(stop)
+    except InvalidToken:
+        # PTB's message repeats the token; this one names the setting instead.
+        raise ConfigError("Telegram rejected TELEGRAM_TOKEN.",
+                          hint="Ask @BotFather for the bot's current token (/token) and paste "
+                          "it into .env.") from None

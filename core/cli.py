@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import TextIO
 
+from . import log_redaction
 from .config import Settings, load_settings
 from .conversation import Busy, Finished, Partial, Rejected, ReplyUpdate, Thinking, Waiting
 from .errors import ConfigError, RelayError
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level if args.command == "run" else "WARNING",
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    log_redaction.install(log_redaction.secrets_of(dict(settings.extra)) + _cookie(settings))
     command: Callable[[Settings, argparse.Namespace], int] = args.handler
     try:
         return command(settings, args)
@@ -235,6 +237,14 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 # -- helpers --------------------------------------------------------------------------------------
+
+
+def _cookie(settings: Settings) -> list[str]:
+    try:
+        cookie = settings.backend.launch_url().cookie
+    except RelayError:
+        return []
+    return [cookie] if cookie else []
 
 
 def _error(exc: RelayError) -> None:

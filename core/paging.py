@@ -481,3 +481,29 @@ class Pager:
             self._resume = (s_last, f_last)
         self._pages = pages
         return list(pages)
+
+
+def fenced_lines(text: str) -> list[tuple[str, bool]]:
+    """Each line of ``text`` (split on ``\n``) and whether it belongs to a fenced code block,
+    its opening and closing markers included."""
+    out: list[tuple[str, bool]] = []
+    state: _Fence | None = None
+    for line in text.split("\n"):
+        after = _fence_after(state, line)
+        out.append((line, state is not None or after is not None))
+        state = after
+    return out
+
+
+def close_open_fence(text: str) -> str:
+    """``text`` with a closing marker appended if it ends inside a fenced code block.
+
+    For showing a growing page on platforms that render Markdown themselves (Discord): an
+    unterminated fence would otherwise show its marker literally until the answer completes.
+    Adds a newline and the opener's marker (a closer must be at least as long), at most 60
+    characters: a page reserve of 64 covers it.
+    """
+    state: _Fence | None = None
+    for line in text.split("\n"):
+        state = _fence_after(state, line)
+    return text if state is None else text + state.closer(4 * 60)

@@ -44,7 +44,9 @@ from dataclasses import dataclass
 from markdown_it import MarkdownIt
 from markdown_it.tree import SyntaxTreeNode
 
-__all__ = ["to_plain_text", "to_telegram_html"]
+from .paging import fenced_lines
+
+__all__ = ["to_discord_markdown", "to_plain_text", "to_telegram_html"]
 
 _HTTP_URL = re.compile(r"https?://[^\s<>\x00-\x1f\x7f]+", re.IGNORECASE)
 _LANG = re.compile(r"[A-Za-z0-9_+#.\-]{1,32}")
@@ -280,3 +282,38 @@ def to_plain_text(markdown: str) -> str:
     as lines. Never longer than ``markdown``.
     """
     return _render(markdown, html=False)
+
+
+# Discord renders Markdown itself, so model text goes out as written, except for the syntax
+# that addresses people or things: @everyone/@here and <@user>, <@&role>, <#channel>,
+# </command:id>. allowed_mentions=none already stops every ping; this also stops the text from
+# *looking* like a mention. Substitutes are one code point each, so the length (Discord counts
+# code points) and therefore the paging are unchanged. Code is left alone: Discord shows
+# mention syntax literally there.
+_DISCORD_MENTION = re.compile(r"@(?=everyone|here)|<(?=[@#/])", re.IGNORECASE)
+_CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1")
+
+
+def _defuse(text: str) -> str:
+    return _DISCORD_MENTION.sub(lambda m: "\uff20" if m.group() == "@" else "\u2039", text)
+
+
+def to_discord_markdown(markdown: str) -> str:
+    """Model Markdown → Discord message content: same text and length, mentions defused
+    outside code blocks and code spans."""
+    if "@" not in markdown and "<" not in markdown:
+        return markdown
+    out: list[str] = []
+    for line, in_code in fenced_lines(markdown):
+        if in_code or ("@" not in line and "<" not in line):
+            out.append(line)
+            continue
+        parts: list[str] = []
+        last = 0
+        for span in _CODE_SPAN.finditer(line):
+            parts.append(_defuse(line[last:span.start()]))
+            parts.append(span.group())
+            last = span.end()
+        parts.append(_defuse(line[last:]))
+        out.append("".join(parts))
+    return "\n".join(out)

@@ -23,7 +23,9 @@ def configured_platforms(settings: Settings) -> dict[str, PlatformRunner]:
 
         platforms["Telegram"] = run_telegram
     if env.str("DISCORD_TOKEN"):
-        log.warning("DISCORD_TOKEN is set, but the Discord bot is not part of this build yet")
+        from rtxrelay.bots.discord_bot import run_discord
+
+        platforms["Discord"] = run_discord
     return platforms
 
 
@@ -40,15 +42,20 @@ async def run_bots(settings: Settings, stop: asyncio.Event | None = None) -> int
     stop = stop or asyncio.Event()
     async with open_relay(settings) as relay:
 
-        async def guarded(name: str, runner: PlatformRunner) -> None:
+        async def guarded(name: str, runner: PlatformRunner) -> bool:
             # One platform failing (bad token, network) must not take the others down.
             try:
                 await runner(relay.service, settings, stop)
+                return True
+            except ConfigError as exc:
+                log.error("%s bot stopped: %s", name, exc)
             except Exception:
                 log.exception("%s bot stopped with an error", name)
+            return False
 
         try:
-            await asyncio.gather(*(guarded(n, r) for n, r in platforms.items()))
+            results = await asyncio.gather(*(guarded(n, r) for n, r in platforms.items()))
         finally:
             stop.set()
-    return 0
+    # Non-zero when a bot failed, so a service manager sees it (and can restart us).
+    return 0 if all(results) else 1

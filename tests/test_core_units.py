@@ -182,3 +182,26 @@ def test_streaming_converter_matches_full_conversion(question: str) -> None:
     converter = StreamingConverter()
     for chunk in fake_model.answer_stream(question, []):
         assert converter.feed(chunk) == convert_answer(chunk, streaming=True).text
+
+
+def test_log_redaction_masks_tokens_cookie_and_tracebacks() -> None:
+    import logging
+
+    from rtxrelay.core.log_redaction import MASK, RedactingFormatter, secrets_of
+
+    token = "7000001234:AAsecretsecretsecret"
+    secrets = [*secrets_of({"TELEGRAM_TOKEN": token, "DISCORD_TOKEN": "x"}), "cookie-uuid-1234"]
+    formatter = RedactingFormatter(logging.Formatter("%(message)s"), secrets)
+    try:
+        raise ValueError(f"The token `{token}` was rejected")
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord("t", logging.ERROR, __file__, 1,
+                                   "POST /bot%s/getMe cookie=%s", (token, "cookie-uuid-1234"),
+                                   sys.exc_info())
+    text = formatter.format(record)
+    assert token not in text and "AAsecretsecretsecret" not in text
+    assert "cookie-uuid-1234" not in text and MASK in text
+    assert "rejected" in text  # the rest of the line and the traceback stay readable
+    assert "x" in formatter.format(logging.LogRecord("t", 20, __file__, 1, "x", (), None))

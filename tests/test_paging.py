@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rtxrelay.core.paging import MIN_LIMIT, LengthUnit, Pager, split_pages, text_length
+from rtxrelay.core.paging import (
+    MIN_LIMIT,
+    LengthUnit,
+    Pager,
+    close_open_fence,
+    fenced_lines,
+    split_pages,
+    text_length,
+)
 
 U16, CP = LengthUnit.UTF16, LengthUnit.CODEPOINT
 _FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})(\S*)[ \t]*$")
@@ -282,3 +290,15 @@ def test_pager_equals_split_pages_while_streaming(
         assert pages == split_pages(text, limit, unit)
         assert pages[: len(final)] == final
         final = pages[: pager.final_count]
+
+
+def test_close_open_fence_closes_only_an_open_block() -> None:
+    assert close_open_fence("text\n```python\nx = 1") == "text\n```python\nx = 1\n```"
+    assert close_open_fence("~~~~\ncode") == "~~~~\ncode\n~~~~"
+    assert close_open_fence("```\nx\n```\nafter") == "```\nx\n```\nafter"
+    assert close_open_fence("no code") == "no code"
+
+
+def test_fenced_lines_marks_blocks_with_their_markers() -> None:
+    lines = fenced_lines("a\n```py\nb\n```\nc")
+    assert lines == [("a", False), ("```py", True), ("b", True), ("```", True), ("c", False)]

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rtxrelay.core.paging import LengthUnit, split_pages, text_length
-from rtxrelay.core.render import to_plain_text, to_telegram_html
+from rtxrelay.core.render import to_discord_markdown, to_plain_text, to_telegram_html
 
 # --- a strict checker for what we send with parse_mode="HTML" ---------------------------
 
@@ -321,3 +321,28 @@ def test_rendered_pages_fit_the_limit(md: str, limit: int) -> None:
         out = to_telegram_html(page)
         assert text_length(visible(out), LengthUnit.UTF16) <= limit
         assert text_length(to_plain_text(page), LengthUnit.UTF16) <= limit
+
+
+# -- Discord --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("source", "want"), [
+    ("hi @everyone and @HERE", "hi \uff20everyone and \uff20HERE"),
+    ("<@123> <@!123> <@&5> <#7> </ask:1>",
+     "\u2039@123> \u2039@!123> \u2039@&5> \u2039#7> \u2039/ask:1>"),
+    ("a < b, mail me@example.com, <:emoji:1>", "a < b, mail me@example.com, <:emoji:1>"),
+    ("`@everyone` and ``<@1>``", "`@everyone` and ``<@1>``"),
+    ("```\n@everyone <@1>\n```\n@here", "```\n@everyone <@1>\n```\n\uff20here"),
+])
+def test_discord_markdown_defuses_mentions_outside_code(source: str, want: str) -> None:
+    assert to_discord_markdown(source) == want
+
+
+@given(st.text(alphabet=st.sampled_from(list("@<>#/&`\n everyonehr1")), max_size=200))
+@settings(max_examples=300, deadline=None)
+def test_discord_markdown_keeps_length_and_never_leaves_a_mention(text: str) -> None:
+    out = to_discord_markdown(text)
+    assert len(out) == len(text)  # paging measured the source; the message is the same size
+    if "`" not in text:  # outside code nothing may still look like a mention
+        assert "@everyone" not in out.lower() and "@here" not in out.lower()
+        assert not re.search(r"<[@#/]", out)

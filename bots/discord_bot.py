@@ -1,0 +1,590 @@
+"""The Discord adapter (discord.py): events in, a MessageSink out.
+
+``/ask`` is deferred before anything else happens (Discord drops an interaction that is not
+acknowledged within 3 s), then the deferred response is edited as text streams in. @mentions
+in servers and DMs get a reply that is edited the same way. Streaming, paging, 429 handling and
+the final-text guarantee live in the shared ``StreamingReply``; this file maps Discord's shapes
+onto it.
+
+Answers are message *content* (2000 code points per message), not embeds (4096 per
+description): content renders code blocks with highlighting and a copy button on every client,
+shows in notifications and search, and stays visible for users who turned off "show embeds" in
+their settings (embeds would hide the whole answer from them). Embeds would also cap a message
+at 6000 characters across all embeds and add no safety: ``allowed_mentions`` is none either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import discord
+from discord import app_commands
+
+from rtxrelay.core.config import Settings, env_reader
+from rtxrelay.core.conversation import ConversationService, ReplyUpdate
+from rtxrelay.core.errors import ConfigError
+from rtxrelay.core.paging import LengthUnit, close_open_fence
+from rtxrelay.core.ratelimit import SlidingWindowLimiter, parse_rate
+from rtxrelay.core.render import to_discord_markdown
+from rtxrelay.core.store import ConversationKey
+from rtxrelay.core.streaming import (
+    DeliveryError,
+    PlatformProfile,
+    ReplyOutcome,
+    ReplyTexts,
+    RetryLater,
+    StreamingReply,
+)
+
+log = logging.getLogger(__name__)
+
+NO_MENTIONS = discord.AllowedMentions.none()
+TEXTS = ReplyTexts(busy="⏳ Still answering your previous question — press Stop on it first.")
+# Discord counts content in code points. 1 edit/s per answer is what llmcord uses; discord.py
+# also waits out each route's bucket before a request, so bursts never become 429s. Typing
+# lasts ~10 s, refreshed every 8.
+PROFILE = PlatformProfile("discord", 2000, LengthUnit.CODEPOINT, edit_interval=1.0,
+                          typing_interval=8.0, texts=TEXTS)
+# Interaction tokens live 15 minutes; stop using one a minute early so no edit races expiry.
+TOKEN_LIFETIME = 14 * 60.0
+INVALID_WEBHOOK_TOKEN = 50027
+HELP = (
+    "I pass your questions to Chat with RTX and stream its answers.\n"
+    "• `/ask question:` — ask in any channel I can see.\n"
+    "• Mention me with a question, or reply to one of my answers to continue.\n"
+    "• In DMs, just write.\n"
+    "• `/reset` starts a new conversation. **Stop** ends an answer, **Retry** asks again."
+)
+SORRY = "Sorry, you can't use this bot here."
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class DiscordSettings:
+    token: str
+    allowed_users: frozenset[int] = frozenset()
+    allowed_roles: frozenset[int] = frozenset()
+    allowed_channels: frozenset[int] = frozenset()
+    allowed_guilds: frozenset[int] = frozenset()
+    proxy: str | None = None
+    command_guild: int | None = None  # sync commands to this guild only (instant), else global
+    history_per_channel: bool = False  # one shared history per channel instead of per user
+    message_content: bool = False  # the privileged intent; only needed for replies without @
+    user_rate: tuple[int, float] = (10, 60.0)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DiscordSettings:
+        env = env_reader(settings)
+        token = env.str("DISCORD_TOKEN")
+        if not token:
+            raise ConfigError("DISCORD_TOKEN is not set.",
+                              hint="Developer portal → your app → Bot → Reset Token.")
+        history = (env.str("DISCORD_HISTORY") or "user").lower()
+        if history not in ("user", "channel"):
+            raise ConfigError(f"DISCORD_HISTORY={history!r} is not 'user' or 'channel'.")
+        guilds = env.ids("DISCORD_COMMAND_GUILD")
+        if len(guilds) > 1:
+            raise ConfigError("DISCORD_COMMAND_GUILD takes one server id.",
+                              hint="Leave it empty to register /ask in every server.")
+        return cls(
+            token=token,
+            allowed_users=env.ids("DISCORD_ALLOWED_USERS"),
+            allowed_roles=env.ids("DISCORD_ALLOWED_ROLES"),
+            allowed_channels=env.ids("DISCORD_ALLOWED_CHANNELS"),
+            allowed_guilds=env.ids("DISCORD_ALLOWED_GUILDS"),
+            proxy=env.str("DISCORD_PROXY"),
+            command_guild=next(iter(guilds), None),
+            history_per_channel=history == "channel",
+            message_content=env.bool("DISCORD_MESSAGE_CONTENT", False),
+            user_rate=parse_rate("USER_RATE_LIMIT", env.str("USER_RATE_LIMIT"), (10, 60.0)),
+        )
+
+
+# -- the message sink -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Posted:
+    """A message we sent: the interaction's response ("original"), a follow-up through its
+    webhook ("followup"), or a plain channel message ("channel")."""
+
+    id: int
+    kind: str
+    message: discord.Message | None = None
+
+
+class DiscordSink:
+    """MessageSink over discord.py. Every write carries ``allowed_mentions`` none and the
+    Stop button while streaming. Writes go through the interaction webhook while its token is
+    valid, then as ordinary channel messages (edits of webhook messages via the channel)."""
+
+    def __init__(
+        self,
+        channel: discord.abc.Messageable,
+        *,
+        interaction: discord.Interaction | None,
+        original_pending: bool,
+        reply_to: discord.Message | None,
+        stop_view: discord.ui.View | None,
+        clock: Clock,
+    ) -> None:
+        self._channel = channel
+        self._interaction = interaction
+        self._original_pending = original_pending  # a deferred response awaits its content
+        self._reply_to = reply_to
+        self._stop_view = stop_view
+        self._clock = clock
+        self._expires_at = clock() + TOKEN_LIFETIME
+
+    def _token_valid(self) -> bool:
+        return self._interaction is not None and self._clock() < self._expires_at
+
+    def _body(self, text: str, final: bool) -> dict[str, Any]:
+        content = to_discord_markdown(text if final else close_open_fence(text))
+        return {"content": content or "…", "allowed_mentions": NO_MENTIONS,
+                "view": None if final else self._stop_view}
+
+    async def send(self, text: str, *, final: bool) -> object:
+        body = self._body(text, final)
+        if body["view"] is None:
+            del body["view"]  # new messages take a view or nothing (None is for edits)
+        if self._token_valid():
+            assert self._interaction is not None
+            try:
+                if self._original_pending:
+                    message = await _guard(self._interaction.edit_original_response(**body))
+                    self._original_pending = False
+                    return _Posted(message.id, "original")
+                message = await _guard(self._interaction.followup.send(wait=True, **body))
+                return _Posted(message.id, "followup")
+            except _TokenExpired:
+                self._expires_at = self._clock()  # continue in the channel below
+        reference, self._reply_to = self._reply_to, None  # only the first page quotes
+        if reference is not None:
+            body.update(reference=reference, mention_author=False)
+        message = await _guard(self._channel.send(**body))
+        return _Posted(message.id, "channel", message)
+
+    async def edit(self, handle: object, text: str, *, final: bool) -> None:
+        await self._edit(handle, self._body(text, final))
+
+    async def _edit(self, handle: object, body: dict[str, Any]) -> None:
+        assert isinstance(handle, _Posted)
+        if handle.kind != "channel" and self._token_valid():
+            assert self._interaction is not None
+            try:
+                if handle.kind == "original":
+                    await _guard(self._interaction.edit_original_response(**body))
+                else:
+                    await _guard(self._interaction.followup.edit_message(handle.id, **body))
+                return
+            except _TokenExpired:
+                self._expires_at = self._clock()
+        # A bot may edit its own messages through the channel, interaction responses included
+        # (if it can see the channel); if not, DeliveryError makes the engine send anew.
+        target = handle.message or self._partial(handle.id)
+        await _guard(target.edit(**body))
+
+    def _partial(self, message_id: int) -> discord.PartialMessage:
+        get = getattr(self._channel, "get_partial_message", None)
+        if get is None:
+            raise DeliveryError("this channel does not allow editing by id")
+        return get(message_id)  # type: ignore[no-any-return]
+
+    async def set_view(self, handle: object, view: discord.ui.View | None) -> None:
+        """Swap the buttons under a message, leaving its text alone."""
+        with contextlib.suppress(DeliveryError, RetryLater):
+            await self._edit(handle, {"view": view, "allowed_mentions": NO_MENTIONS})
+
+    async def draft(self, text: str) -> None:
+        raise DeliveryError("Discord has no drafts")
+
+    async def typing(self) -> None:
+        if self._interaction is None:  # a deferred interaction already shows "is thinking…"
+            await _guard(self._channel.typing())
+
+
+class _TokenExpired(Exception):
+    pass
+
+
+async def _guard(call: Awaitable[Any]) -> Any:
+    """discord.py errors → the engine's vocabulary (RetryLater, DeliveryError)."""
+    try:
+        return await call
+    except discord.RateLimited as exc:  # a wait above max_ratelimit_timeout
+        raise RetryLater(exc.retry_after) from exc
+    except discord.HTTPException as exc:
+        if exc.status == 429:  # discord.py already retried it several times
+            raise RetryLater(1.0) from exc
+        if exc.code == INVALID_WEBHOOK_TOKEN:
+            raise _TokenExpired from exc
+        if isinstance(exc, discord.NotFound | discord.Forbidden):
+            raise DeliveryError(f"{exc.status} (code {exc.code})") from exc
+        raise
+
+
+# -- Stop and Retry buttons -----------------------------------------------------------------------
+
+
+class ControlButton(discord.ui.DynamicItem[discord.ui.Button[Any]],
+                    template=r"rtxrelay:(?P<action>stop|retry):(?P<user>[0-9]+)"):
+    """Stop/Retry under an answer. The asker's id is in the custom_id, so the buttons keep
+    working after a restart and nothing is kept in memory per message."""
+
+    def __init__(self, action: str, asker: int) -> None:
+        label, emoji = ("Stop", "⏹") if action == "stop" else ("Retry", "🔄")
+        super().__init__(discord.ui.Button(
+            label=label, emoji=emoji, style=discord.ButtonStyle.secondary,
+            custom_id=f"rtxrelay:{action}:{asker}",
+        ))
+        self.action, self.asker = action, asker
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str], /) -> ControlButton:
+        return cls(match["action"], int(match["user"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+        bot = getattr(interaction.client, "relay", None)
+        if isinstance(bot, DiscordBot):
+            await bot.on_control(interaction, self.action, self.asker)
+
+
+def control_view(action: str, asker: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(ControlButton(action, asker))
+    return view
+
+
+# -- the bot --------------------------------------------------------------------------------------
+
+
+class _Client(discord.Client):
+    def __init__(self, relay: DiscordBot, **options: Any) -> None:
+        super().__init__(**options)
+        self.relay = relay
+        self.tree = app_commands.CommandTree(self)
+
+    async def setup_hook(self) -> None:
+        await self.relay.setup()
+
+    async def on_message(self, message: discord.Message) -> None:
+        await self.relay.on_message(message)
+
+
+@dataclass
+class _Tracking:
+    active: dict[ConversationKey, int] = field(default_factory=dict)  # key → answers in flight
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+
+class DiscordBot:
+    def __init__(
+        self,
+        service: ConversationService,
+        settings: DiscordSettings,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
+        self._service = service
+        self._settings = settings
+        self._clock = clock
+        self._sleep = sleep
+        self._limiter = SlidingWindowLimiter(*settings.user_rate, clock=clock)
+        self._tracking = _Tracking()
+        intents = discord.Intents.default()
+        intents.message_content = settings.message_content
+        intents.typing = False  # we never read typing events; less gateway traffic
+        options: dict[str, Any] = {
+            "intents": intents,
+            "allowed_mentions": NO_MENTIONS,
+            "proxy": settings.proxy,
+            # Longer 429 waits surface as RateLimited so the engine can skip interim edits.
+            "max_ratelimit_timeout": 30.0,
+        }
+        options.update(client_options or {})
+        self.client = _Client(self, **options)
+        self._register_commands(self.client.tree)
+
+    # -- running ----------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect until ``stop`` is set, then finish in-flight answers as 'Stopped'."""
+        client = self.client
+        runner = asyncio.create_task(client.start(self._settings.token, reconnect=True))
+        waiter = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if runner.done():
+                _raise_start_error(runner)
+        finally:
+            waiter.cancel()
+            await self.finish_replies()
+            await client.close()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(runner, 10)
+
+    async def finish_replies(self, timeout: float = 30.0) -> None:
+        for key in list(self._tracking.active):
+            self._service.cancel(key)
+        if self._tracking.tasks:
+            await asyncio.wait(self._tracking.tasks, timeout=timeout)
+
+    async def setup(self) -> None:
+        self.client.add_dynamic_items(ControlButton)
+        tree = self.client.tree
+        try:
+            if self._settings.command_guild is not None:
+                guild = discord.Object(self._settings.command_guild)
+                tree.copy_global_to(guild=guild)
+                await tree.sync(guild=guild)
+            else:
+                await tree.sync()
+        except discord.Forbidden:
+            # Mentions and DMs still work; say exactly what to fix for the slash commands.
+            log.error("Discord refused to register /ask in server %s: the bot is not in it or "
+                      "was invited without the applications.commands scope. Re-invite it, or "
+                      "clear DISCORD_COMMAND_GUILD.", self._settings.command_guild)
+        log.info("Discord bot is connecting")
+
+    def _register_commands(self, tree: app_commands.CommandTree[Any]) -> None:
+        @tree.command(name="ask", description="Ask Chat with RTX a question")
+        @app_commands.describe(question="What do you want to know?")
+        async def ask(interaction: discord.Interaction, question: str) -> None:
+            await self._on_ask(interaction, question)
+
+        @tree.command(name="reset", description="Start a new conversation with Chat with RTX")
+        async def reset(interaction: discord.Interaction) -> None:
+            if await self._refuse(interaction):
+                return
+            await self._service.reset(self._key(interaction.user, interaction.guild,
+                                                interaction.channel_id))
+            await interaction.response.send_message("🆕 New conversation started.",
+                                                    ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+        @tree.command(name="help", description="How to use this bot")
+        async def help_(interaction: discord.Interaction) -> None:
+            await interaction.response.send_message(HELP, ephemeral=True,
+                                                    allowed_mentions=NO_MENTIONS)
+
+    # -- /ask -------------------------------------------------------------------------------------
+
+    async def _on_ask(self, interaction: discord.Interaction, question: str) -> None:
+        # Acknowledge first: everything below waits on Chat with RTX or the database, and the
+        # 3-second deadline is Discord's, whatever the backend is doing.
+        if await self._refuse(interaction):
+            return
+        key = self._key(interaction.user, interaction.guild, interaction.channel_id)
+        if self._service.is_busy(key):
+            await interaction.response.send_message(TEXTS.busy, ephemeral=True,
+                                                    allowed_mentions=NO_MENTIONS)
+            return
+        wait = self._limiter.check(str(interaction.user.id))
+        if wait > 0:
+            await interaction.response.send_message(_slow_down(wait), ephemeral=True,
+                                                    allowed_mentions=NO_MENTIONS)
+            return
+        deferred = True
+        try:
+            await interaction.response.defer(thinking=True)
+        except discord.NotFound:
+            deferred = False  # missed the deadline: Discord dropped it; answer in the channel
+            log.warning("an /ask arrived too late to acknowledge; answering in the channel")
+        channel = interaction.channel
+        if channel is None or not isinstance(channel, discord.abc.Messageable):
+            return
+        sink = self._sink(channel, interaction if deferred else None, original_pending=deferred,
+                          reply_to=None, asker=interaction.user.id)
+        await self._stream(sink, key, self._service.ask(key, question), interaction.user.id)
+
+    async def _refuse(self, interaction: discord.Interaction) -> bool:
+        if self._allowed(interaction.user, interaction.guild, interaction.channel):
+            return False
+        await interaction.response.send_message(SORRY, ephemeral=True,
+                                                allowed_mentions=NO_MENTIONS)
+        return True
+
+    # -- mentions, replies and DMs ----------------------------------------------------------------
+
+    async def on_message(self, message: discord.Message) -> None:
+        me = self.client.user
+        if me is None or message.author.bot or message.type not in (
+            discord.MessageType.default, discord.MessageType.reply
+        ):
+            return  # our own messages come back over the gateway; never answer bots
+        question = self._question(message, me.id)
+        if question is None:
+            return
+        if not self._allowed(message.author, message.guild, message.channel):
+            if message.guild is None:
+                await self._say(message, "Sorry, this bot is private.")
+            return
+        if not question:
+            hint = ("Mention me with your question, e.g. @me what is RTX?"
+                    if message.guild is not None and not self._settings.message_content
+                    else "Ask me something — write your question after the mention.")
+            await self._say(message, hint)
+            return
+        key = self._key(message.author, message.guild, message.channel.id)
+        if self._service.is_busy(key):
+            await self._say(message, TEXTS.busy)
+            return
+        wait = self._limiter.check(str(message.author.id))
+        if wait > 0:
+            await self._say(message, _slow_down(wait))
+            return
+        sink = self._sink(message.channel, None, original_pending=False, reply_to=message,
+                          asker=message.author.id)
+        await self._stream(sink, key, self._service.ask(key, question), message.author.id)
+
+    def _question(self, message: discord.Message, me: int) -> str | None:
+        """The question if this message is for us, else None ("" = for us but unreadable)."""
+        text = message.content or ""
+        if message.guild is None:
+            return text.strip()
+        mentioned = any(user.id == me for user in message.mentions)
+        ref = message.reference
+        replied = ref is not None and isinstance(ref.resolved, discord.Message) and (
+            ref.resolved.author.id == me
+        )
+        if not (mentioned or replied):
+            return None
+        # Remove only our own mention token; other mentions are part of the question.
+        text = re.sub(rf"<@!?{me}>", " ", text)
+        return " ".join(text.split())
+
+    async def _say(self, message: discord.Message, text: str) -> None:
+        with contextlib.suppress(discord.HTTPException):
+            await message.reply(text, mention_author=False, allowed_mentions=NO_MENTIONS)
+
+    # -- buttons ----------------------------------------------------------------------------------
+
+    async def on_control(self, interaction: discord.Interaction, action: str, asker: int) -> None:
+        if interaction.user.id != asker:
+            await interaction.response.send_message(
+                f"Only the person who asked can {action} this answer.", ephemeral=True,
+                allowed_mentions=NO_MENTIONS)
+            return
+        key = self._key(interaction.user, interaction.guild, interaction.channel_id)
+        if action == "stop":
+            await interaction.response.defer()  # the answer's own edit shows "Stopped"
+            if not self._service.cancel(key):
+                await interaction.followup.send("Nothing to stop.", ephemeral=True,
+                                                allowed_mentions=NO_MENTIONS)
+            return
+        if await self._refuse(interaction):
+            return
+        if self._service.is_busy(key):
+            await interaction.response.send_message(TEXTS.busy, ephemeral=True,
+                                                    allowed_mentions=NO_MENTIONS)
+            return
+        # Acknowledge by removing the Retry button (one request), then answer in follow-ups.
+        await interaction.response.edit_message(view=None, allowed_mentions=NO_MENTIONS)
+        channel = interaction.channel
+        if channel is None or not isinstance(channel, discord.abc.Messageable):
+            return
+        sink = self._sink(channel, interaction, original_pending=False,
+                          reply_to=interaction.message, asker=asker)
+        await self._stream(sink, key, self._service.retry(key), asker)
+
+    # -- streaming --------------------------------------------------------------------------------
+
+    def _sink(self, channel: discord.abc.Messageable, interaction: discord.Interaction | None, *,
+              original_pending: bool, reply_to: discord.Message | None,
+              asker: int) -> DiscordSink:
+        return DiscordSink(channel, interaction=interaction, original_pending=original_pending,
+                           reply_to=reply_to, stop_view=control_view("stop", asker),
+                           clock=self._clock)
+
+    async def _stream(self, sink: DiscordSink, key: ConversationKey,
+                      updates: AsyncIterator[ReplyUpdate], asker: int) -> None:
+        reply = StreamingReply(sink, PROFILE, clock=self._clock, sleep=self._sleep)
+        tracking = self._tracking
+        task = asyncio.current_task()
+        tracking.active[key] = tracking.active.get(key, 0) + 1
+        if task is not None:
+            tracking.tasks.add(task)
+        outcome: ReplyOutcome | None = None
+        try:
+            outcome = await reply.run(updates)
+            log.info("discord reply %s: %d edits, %d sends, %d rate-limited", outcome.status,
+                     outcome.edits, outcome.sends, outcome.rate_limited)
+        except discord.HTTPException as exc:
+            log.warning("could not deliver a reply: HTTP %s (code %s)", exc.status, exc.code)
+        finally:
+            left = tracking.active.get(key, 1) - 1
+            if left:
+                tracking.active[key] = left
+            else:
+                tracking.active.pop(key, None)
+            if task is not None:
+                tracking.tasks.discard(task)
+        if outcome and outcome.final_landed and outcome.handles and outcome.status in (
+            "complete", "failed", "interrupted"
+        ):
+            await sink.set_view(outcome.handles[-1], control_view("retry", asker))
+
+    # -- who, where, which conversation -----------------------------------------------------------
+
+    def _key(self, user: discord.abc.User, guild: discord.Guild | None,
+             channel_id: int | None) -> ConversationKey:
+        if guild is None:
+            return ConversationKey("discord", "dm", str(user.id))
+        if self._settings.history_per_channel:
+            return ConversationKey("discord", f"channel-{channel_id}", "*")
+        return ConversationKey("discord", f"guild-{guild.id}", str(user.id))
+
+    def _allowed(self, user: discord.abc.User, guild: discord.Guild | None,
+                 channel: object) -> bool:
+        """Who (users or roles) and where (guilds or channels): each list that is set must
+        match. In DMs, a "where" list admits only users named in DISCORD_ALLOWED_USERS."""
+        s = self._settings
+        trusted = user.id in s.allowed_users
+        roles = {role.id for role in getattr(user, "roles", ())}
+        who = (not s.allowed_users and not s.allowed_roles) or trusted or bool(
+            roles & s.allowed_roles)
+        if not (s.allowed_guilds or s.allowed_channels):
+            return who
+        if guild is None:
+            return who and trusted
+        channel_ids = {getattr(channel, "id", None), getattr(channel, "parent_id", None)}
+        where = guild.id in s.allowed_guilds or bool(channel_ids & s.allowed_channels)
+        return who and where
+
+
+def _slow_down(wait: float) -> str:
+    return f"Slow down a little — try again in {int(wait) + 1} s."
+
+
+def _raise_start_error(runner: asyncio.Task[None]) -> None:
+    """Turn discord.py's start-up failures into errors that say what to change."""
+    try:
+        runner.result()
+    except discord.LoginFailure as exc:
+        raise ConfigError("Discord rejected DISCORD_TOKEN.",
+                          hint="Developer portal → your app → Bot → Reset Token, and paste the "
+                          "new token into .env.") from exc
+    except discord.PrivilegedIntentsRequired as exc:
+        raise ConfigError(
+            "Discord refused the Message Content intent (DISCORD_MESSAGE_CONTENT=1).",
+            hint="Developer portal → your app → Bot → Privileged Gateway Intents → turn on "
+            "'Message Content Intent' and save, or set DISCORD_MESSAGE_CONTENT=0 (mentions, "
+            "DMs and /ask work without it).") from exc
+
+
+async def run_discord(service: ConversationService, settings: Settings,
+                      stop: asyncio.Event) -> None:
+    bot = DiscordBot(service, DiscordSettings.from_settings(settings))
+    await bot.run(stop)
