@@ -18,7 +18,14 @@ from datetime import timedelta
 
 from telegram import BotCommand, Message, MessageEntity, ReplyParameters, Update
 from telegram.constants import ChatAction, ChatType, ParseMode
-from telegram.error import BadRequest, Forbidden, InvalidToken, RetryAfter, TelegramError
+from telegram.error import (
+    BadRequest,
+    EndPointNotFound,
+    Forbidden,
+    InvalidToken,
+    RetryAfter,
+    TelegramError,
+)
 from telegram.ext import (
     Application,
     ApplicationBuilder,
@@ -37,6 +44,7 @@ from rtxrelay.core.render import to_plain_text, to_telegram_html
 from rtxrelay.core.store import ConversationKey
 from rtxrelay.core.streaming import (
     DeliveryError,
+    DraftsUnavailable,
     PlatformProfile,
     ReplyTexts,
     RetryLater,
@@ -139,10 +147,15 @@ class TelegramSink:
         await self._write(text, final, call)
 
     async def draft(self, text: str) -> None:
-        await self._guard(self._bot.send_message_draft(  # type: ignore[attr-defined]
-            self._chat_id, self._draft_id, text=to_plain_text(text) or "…",
-            message_thread_id=self._thread_id,
-        ))
+        try:
+            await self._guard(self._bot.send_message_draft(  # type: ignore[attr-defined]
+                self._chat_id, self._draft_id, text=to_plain_text(text) or "…",
+                message_thread_id=self._thread_id,
+            ))
+        except (InvalidToken, EndPointNotFound, BadRequest) as exc:
+            # A Bot API server older than 9.5 (self-hosted ones lag) has no sendMessageDraft:
+            # it answers 404, which PTB reports as InvalidToken (the token itself works).
+            raise DraftsUnavailable(type(exc).__name__) from exc
 
     async def typing(self) -> None:
         await self._guard(self._bot.send_chat_action(  # type: ignore[attr-defined]
@@ -199,6 +212,7 @@ class TelegramBot:
         self._limiter = SlidingWindowLimiter(*settings.user_rate, clock=clock)
         self._replies: set[asyncio.Task[object]] = set()
         self._active: set[ConversationKey] = set()
+        self._drafts_refused = False  # the Bot API server has no drafts: edit from the start
         self.application = self._build()
 
     def _build(self) -> Application:  # type: ignore[type-arg]
@@ -307,7 +321,8 @@ class TelegramBot:
             return
         private = chat.type == ChatType.PRIVATE
         if private:
-            profile = replace(PRIVATE, use_drafts=self._settings.drafts_in_private)
+            drafts = self._settings.drafts_in_private and not self._drafts_refused
+            profile = replace(PRIVATE, use_drafts=drafts)
         else:
             profile = GROUP
         thread = message.message_thread_id if message.is_topic_message else None
@@ -323,6 +338,7 @@ class TelegramBot:
             self._replies.add(task)
         try:
             outcome = await reply.run(updates)
+            self._drafts_refused |= outcome.drafts_refused
             log.info("telegram reply %s: %d edits, %d sends, %d rate-limited", outcome.status,
                      outcome.edits, outcome.sends, outcome.rate_limited)
         except TelegramError as exc:

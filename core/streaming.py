@@ -40,6 +40,11 @@ class DeliveryError(Exception):
     """This message cannot be sent or edited (deleted, too old, forbidden)."""
 
 
+class DraftsUnavailable(DeliveryError):
+    """The platform refused draft streaming (an older or self-hosted server, or a chat where
+    drafts are not allowed): the engine switches to sending and editing a message."""
+
+
 class MessageSink(Protocol):
     """What an adapter provides. Text is neutral Markdown; the sink renders it for its
     platform (interim frames may be plain; ``final`` frames get formatting)."""
@@ -94,6 +99,7 @@ class ReplyOutcome:
     sends: int = 0
     drafts: int = 0
     rate_limited: int = 0
+    drafts_refused: bool = False
     final_landed: bool = False
     pages: int = 0
     handles: list[object] = field(default_factory=list)
@@ -127,6 +133,7 @@ class StreamingReply:
         self._dirty = asyncio.Event()
         self._next_edit = 0.0
         self._finished = False
+        self._use_drafts = profile.use_drafts  # cleared if the platform refuses drafts
         self.outcome = ReplyOutcome()
 
     async def run(self, updates: AsyncIterator[ReplyUpdate]) -> ReplyOutcome:
@@ -167,7 +174,7 @@ class StreamingReply:
 
     async def _status(self, text: str) -> None:
         """Statuses show at once on the first message only (a placeholder), then throttled."""
-        if not self._handles and not self._profile.use_drafts:
+        if not self._handles and not self._use_drafts:
             await self._deliver_interim(0, text)
             self._next_edit = self._clock() + self._profile.edit_interval
         elif not self._pager.pages:
@@ -227,11 +234,17 @@ class StreamingReply:
             await self._deliver_interim(final_count, pages[final_count] + self._profile.cursor)
 
     async def _deliver_interim(self, index: int, text: str) -> None:
-        if self._profile.use_drafts:
-            await self._sink.draft(text)
-            self.outcome.drafts += 1
-            self._mark_visible()
-            return
+        if self._use_drafts:
+            try:
+                await self._sink.draft(text)
+            except DraftsUnavailable as exc:
+                log.info("drafts refused (%s); streaming by editing a message instead", exc)
+                self._use_drafts = False
+                self.outcome.drafts_refused = True
+            else:
+                self.outcome.drafts += 1
+                self._mark_visible()
+                return
         if index < len(self._handles):
             if self._shown[index] == text:
                 return  # never re-send unchanged text
@@ -289,7 +302,7 @@ class StreamingReply:
         """Deliver every page of the final text, waiting out rate limits as long as needed."""
         pages = split_pages(text, self._limit, self._profile.unit) or [self._profile.texts.empty]
         deadline = self._clock() + self._profile.final_patience
-        if not self._profile.use_drafts and len(self._handles) > len(pages):
+        if not self._use_drafts and len(self._handles) > len(pages):
             # The answer shrank (rare: e.g. a status placeholder was longer): keep extra pages.
             pages += ["…"] * (len(self._handles) - len(pages))
         for index, page in enumerate(pages):

@@ -186,3 +186,32 @@ async def test_allowlist_and_backend_down(make_rig) -> None:
     assert "Traceback" not in text and "127.0.0.1" not in text
     (turn,) = await down.store.turns_for_key(f"telegram:{user['id']}:{user['id']}")
     assert turn.question == "anyone home?" and turn.status is TurnStatus.FAILED
+
+
+async def test_refused_drafts_fall_back_to_editing_a_message(make_rig) -> None:
+    rig: Rig = await make_rig()
+    rig.fake.fail_always("sendMessageDraft", 404, "Not Found")  # a Bot API server before 9.5
+    user = rig.fake.make_user("Alice")
+    question = "old server [len=1500] [delay=0.004]"
+    rig.fake.inject_private_text(user, question)
+    await rig.fake.wait_until(lambda: rig.fake.chat_text(user["id"]) == expected(question),
+                              timeout=20)
+    assert rig.fake.calls_to("editMessageText"), "the answer streamed by edits instead"
+    refused = len(rig.fake.calls_to("sendMessageDraft"))
+    rig.fake.inject_private_text(user, "again [len=800]")
+    await final_text(rig.fake, user["id"], "again")
+    await rig.fake.wait_until(lambda: not rig.bot._active, timeout=20)
+    assert len(rig.fake.calls_to("sendMessageDraft")) == refused, "no drafts tried again"
+
+
+async def test_queue_position_is_shown_while_another_answer_runs(make_rig) -> None:
+    rig: Rig = await make_rig()
+    group = rig.fake.make_group()
+    alice, bob = rig.fake.make_user("Alice"), rig.fake.make_user("Bob")
+    rig.fake.inject_group_text(group, alice, "long one [len=3000] [delay=0.01]", command="ask")
+    await rig.fake.wait_for_call("editMessageText", timeout=20)
+    rig.fake.inject_group_text(group, bob, "my turn", command="ask")
+    await rig.fake.wait_until(
+        lambda: any("#1 in line" in str(c.params.get("text")) for c in rig.fake.calls),
+        timeout=20)
+    await final_text(rig.fake, group["id"], "You asked: my turn")
