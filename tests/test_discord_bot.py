@@ -417,3 +417,24 @@ async def test_bad_token_is_a_clear_error(make_rig) -> None:
         async with asyncio.timeout(20):
             await rig.task
     assert "DISCORD_TOKEN" in str(caught.value) and TOKEN not in str(caught.value)
+
+
+def test_settings_from_env_and_clear_errors() -> None:
+    from rtxrelay.core.config import load_settings
+
+    def read(**env: str) -> DiscordSettings:
+        return DiscordSettings.from_settings(load_settings(env, env_file=None))
+
+    s = read(DISCORD_TOKEN="t", DISCORD_ALLOWED_ROLES="1, 2", DISCORD_HISTORY="channel",
+             DISCORD_COMMAND_GUILD="42", DISCORD_MESSAGE_CONTENT="1", USER_RATE_LIMIT="3/10")
+    assert s.allowed_roles == {1, 2} and s.history_per_channel and s.command_guild == 42
+    assert s.message_content and s.user_rate == (3, 10.0)
+    for env, needle in [
+        ({}, "DISCORD_TOKEN is not set"),
+        ({"DISCORD_TOKEN": "t", "DISCORD_HISTORY": "server"}, "DISCORD_HISTORY"),
+        ({"DISCORD_TOKEN": "t", "DISCORD_COMMAND_GUILD": "1,2"}, "one server id"),
+        ({"DISCORD_TOKEN": "t", "DISCORD_ALLOWED_USERS": "@bob"}, "not a numeric id"),
+        ({"DISCORD_TOKEN": "t", "DISCORD_MESSAGE_CONTENT": "maybe"}, "yes/no"),
+    ]:
+        with pytest.raises(ConfigError, match=needle):
+            read(**env)
