@@ -59,6 +59,7 @@ class Rig:
     store: SqliteStore
     clock: SkewClock
     task: asyncio.Task[None]
+    stop: asyncio.Event
 
     def answers_in(self, channel: str) -> list[StoredMessage]:
         cid = self.fake.channels.get(channel, channel)
@@ -109,7 +110,7 @@ async def make_rig(rtx_426: Replica, tmp_path: Path,
 
         bot.client.before_identify_hook = no_identify_delay  # type: ignore[method-assign]
         stop = asyncio.Event()
-        rig = Rig(fake, bot, store, clock, asyncio.create_task(bot.run(stop)))
+        rig = Rig(fake, bot, store, clock, asyncio.create_task(bot.run(stop)), stop)
         rigs.append((stop, rig))
         if wait_ready:
             await fake.wait_until_ready(timeout=10)
@@ -438,3 +439,23 @@ def test_settings_from_env_and_clear_errors() -> None:
     ]:
         with pytest.raises(ConfigError, match=needle):
             read(**env)
+
+
+async def test_rate_limit_per_user_and_shutdown_finishes_answers(make_rig) -> None:
+    rig: Rig = await make_rig(user_rate=(1, 3600.0))
+    first = await rig.fake.dispatch_slash_command("ask", {"question": "hi"}, user="bob")
+    await first.wait_acked(timeout=3)
+    await rig.wait(lambda: rig.text_in("general") == expected("hi"))
+    await rig.settled()
+    second = await rig.fake.dispatch_slash_command("ask", {"question": "more"}, user="bob")
+    await second.wait_acked(timeout=3)
+    refusal = rig.fake.message(second.original_message_id or "")
+    assert refusal.payload["flags"] & FLAG_EPHEMERAL and "Slow down" in refusal.content
+
+    # Shutting down stops every answer in flight and lands it as "Stopped".
+    await rig.fake.dispatch_mention("slow one [len=5000] [delay=0.02]", channel="rtx-help")
+    await rig.wait(lambda: CURSOR in rig.text_in("rtx-help"))
+    rig.stop.set()
+    async with asyncio.timeout(30):
+        await rig.task
+    assert rig.text_in("rtx-help").endswith("⏹ Stopped.")
