@@ -88,9 +88,7 @@ class DiscordSettings:
         if not token:
             raise ConfigError("DISCORD_TOKEN is not set.",
                               hint="Developer portal → your app → Bot → Reset Token.")
-        history = (env.str("DISCORD_HISTORY") or "user").lower()
-        if history not in ("user", "channel"):
-            raise ConfigError(f"DISCORD_HISTORY={history!r} is not 'user' or 'channel'.")
+        history = env.choice("DISCORD_HISTORY", ("user", "channel"))
         guilds = env.ids("DISCORD_COMMAND_GUILD")
         if len(guilds) > 1:
             raise ConfigError("DISCORD_COMMAND_GUILD takes one server id.",

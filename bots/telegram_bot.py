@@ -93,12 +93,8 @@ class TelegramSettings:
         token = env.str("TELEGRAM_TOKEN")
         if not token:
             raise ConfigError("TELEGRAM_TOKEN is not set.", hint="Get one from @BotFather.")
-        history = (env.str("TELEGRAM_HISTORY") or "user").lower()
-        if history not in ("user", "chat"):
-            raise ConfigError(f"TELEGRAM_HISTORY={history!r} is not 'user' or 'chat'.")
-        streaming = (env.str("TELEGRAM_PRIVATE_STREAMING") or "draft").lower()
-        if streaming not in ("draft", "edit"):
-            raise ConfigError(f"TELEGRAM_PRIVATE_STREAMING={streaming!r} is not 'draft' or 'edit'.")
+        history = env.choice("TELEGRAM_HISTORY", ("user", "chat"))
+        streaming = env.choice("TELEGRAM_PRIVATE_STREAMING", ("draft", "edit"))
         return cls(
             token=token,
             allowed_users=env.ids("TELEGRAM_ALLOWED_USERS"),
@@ -169,12 +165,12 @@ class TelegramSink:
                 return await self._guard(call(to_telegram_html(text), ParseMode.HTML))
             except BadRequest as exc:
                 if "parse entities" not in str(exc).lower():
-                    raise self._delivery(exc) from exc
+                    raise DeliveryError(str(exc)) from exc
                 log.info("Telegram rejected the formatting; sending plain text")
         try:
             return await self._guard(call(to_plain_text(text), None))
         except BadRequest as exc:
-            raise self._delivery(exc) from exc
+            raise DeliveryError(str(exc)) from exc
 
     @staticmethod
     async def _guard(call: Awaitable[object]) -> object:
@@ -190,10 +186,6 @@ class TelegramSink:
             raise
         except Forbidden as exc:
             raise DeliveryError(str(exc)) from exc
-
-    @staticmethod
-    def _delivery(exc: BadRequest) -> DeliveryError:
-        return DeliveryError(str(exc))
 
 
 class TelegramBot:

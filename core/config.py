@@ -183,6 +183,14 @@ class _Env:
             return False
         raise ConfigError(f"{name}={raw!r} is not a yes/no value.", hint="Use 1 or 0.")
 
+    def choice(self, name: str, options: tuple[str, ...]) -> str:
+        """One of ``options`` (case-insensitive); the first is the default."""
+        value = (self.str(name) or options[0]).lower()
+        if value not in options:
+            allowed = " or ".join(repr(o) for o in options)
+            raise ConfigError(f"{name}={value!r} is not {allowed}.")
+        return value
+
     def ids(self, name: str) -> frozenset[int]:
         """A comma-separated list of numeric ids (empty = no restriction)."""
         raw = self.str(name)
