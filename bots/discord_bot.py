@@ -20,8 +20,8 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import discord
@@ -30,6 +30,7 @@ from discord import app_commands
 from rtxrelay.core.config import Settings, env_reader
 from rtxrelay.core.conversation import ConversationService, ReplyUpdate
 from rtxrelay.core.errors import ConfigError
+from rtxrelay.core.inflight import InFlight
 from rtxrelay.core.paging import LengthUnit, close_open_fence
 from rtxrelay.core.ratelimit import SlidingWindowLimiter, parse_rate
 from rtxrelay.core.render import to_discord_markdown
@@ -37,7 +38,6 @@ from rtxrelay.core.store import ConversationKey
 from rtxrelay.core.streaming import (
     DeliveryError,
     PlatformProfile,
-    ReplyOutcome,
     ReplyTexts,
     RetryLater,
     StreamingReply,
@@ -54,6 +54,7 @@ PROFILE = PlatformProfile("discord", 2000, LengthUnit.CODEPOINT, edit_interval=1
                           typing_interval=8.0, texts=TEXTS)
 # Interaction tokens live 15 minutes; stop using one a minute early so no edit races expiry.
 TOKEN_LIFETIME = 14 * 60.0
+ACK_DEADLINE = 3.0  # seconds Discord gives to acknowledge an interaction
 INVALID_WEBHOOK_TOKEN = 50027
 HELP = (
     "I pass your questions to Chat with RTX and stream its answers.\n"
@@ -280,12 +281,6 @@ class _Client(discord.Client):
         await self.relay.on_message(message)
 
 
-@dataclass
-class _Tracking:
-    active: dict[ConversationKey, int] = field(default_factory=dict)  # key → answers in flight
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
-
-
 class DiscordBot:
     def __init__(
         self,
@@ -301,7 +296,12 @@ class DiscordBot:
         self._clock = clock
         self._sleep = sleep
         self._limiter = SlidingWindowLimiter(*settings.user_rate, clock=clock)
-        self._tracking = _Tracking()
+        self._inflight = InFlight()
+        # Acknowledgements have Discord's 3 s deadline; answers do not. In a burst, answers
+        # wait until no acknowledgement is pending (see _acking / _after_acks).
+        self._acks_pending = 0
+        self._no_acks_pending = asyncio.Event()
+        self._no_acks_pending.set()
         intents = discord.Intents.default()
         intents.message_content = settings.message_content
         intents.typing = False  # we never read typing events; less gateway traffic
@@ -335,10 +335,25 @@ class DiscordBot:
                 await asyncio.wait_for(runner, 10)
 
     async def finish_replies(self, timeout: float = 30.0) -> None:
-        for key in list(self._tracking.active):
-            self._service.cancel(key)
-        if self._tracking.tasks:
-            await asyncio.wait(self._tracking.tasks, timeout=timeout)
+        """Stop every answer in flight (started or not); each lands its text as 'Stopped'."""
+        await self._inflight.stop_all(timeout)
+
+    @contextlib.contextmanager
+    def _acking(self) -> Iterator[None]:
+        self._acks_pending += 1
+        self._no_acks_pending.clear()
+        try:
+            yield
+        finally:
+            self._acks_pending -= 1
+            if not self._acks_pending:
+                self._no_acks_pending.set()
+
+    async def _after_acks(self) -> None:
+        # Bounded: past Discord's deadline a pending acknowledgement is moot anyway.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(ACK_DEADLINE):
+                await self._no_acks_pending.wait()
 
     async def setup(self) -> None:
         self.client.add_dynamic_items(ControlButton)
@@ -382,30 +397,31 @@ class DiscordBot:
     async def _on_ask(self, interaction: discord.Interaction, question: str) -> None:
         # Acknowledge first: everything below waits on Chat with RTX or the database, and the
         # 3-second deadline is Discord's, whatever the backend is doing.
-        if await self._refuse(interaction):
-            return
         key = self._key(interaction.user, interaction.guild, interaction.channel_id)
-        if self._service.is_busy(key):
-            await interaction.response.send_message(TEXTS.busy, ephemeral=True,
-                                                    allowed_mentions=NO_MENTIONS)
-            return
-        wait = self._limiter.check(str(interaction.user.id))
-        if wait > 0:
-            await interaction.response.send_message(_slow_down(wait), ephemeral=True,
-                                                    allowed_mentions=NO_MENTIONS)
-            return
-        deferred = True
-        try:
-            await interaction.response.defer(thinking=True)
-        except discord.NotFound:
-            deferred = False  # missed the deadline: Discord dropped it; answer in the channel
-            log.warning("an /ask arrived too late to acknowledge; answering in the channel")
+        with self._acking():
+            if await self._refuse(interaction):
+                return
+            if self._service.is_busy(key):
+                await interaction.response.send_message(TEXTS.busy, ephemeral=True,
+                                                        allowed_mentions=NO_MENTIONS)
+                return
+            wait = self._limiter.check(str(interaction.user.id))
+            if wait > 0:
+                await interaction.response.send_message(_slow_down(wait), ephemeral=True,
+                                                        allowed_mentions=NO_MENTIONS)
+                return
+            deferred = True
+            try:
+                await interaction.response.defer(thinking=True)
+            except discord.NotFound:
+                deferred = False  # too late: Discord dropped it; answer in the channel
+                log.warning("an /ask arrived too late to acknowledge; answering in the channel")
         channel = interaction.channel
         if channel is None or not isinstance(channel, discord.abc.Messageable):
             return
         sink = self._sink(channel, interaction if deferred else None, original_pending=deferred,
                           reply_to=None, asker=interaction.user.id)
-        await self._stream(sink, key, self._service.ask(key, question), interaction.user.id)
+        await self._stream(sink, key, interaction.user.id, question, placeholder_shown=deferred)
 
     async def _refuse(self, interaction: discord.Interaction) -> bool:
         if self._allowed(interaction.user, interaction.guild, interaction.channel):
@@ -445,7 +461,7 @@ class DiscordBot:
             return
         sink = self._sink(message.channel, None, original_pending=False, reply_to=message,
                           asker=message.author.id)
-        await self._stream(sink, key, self._service.ask(key, question), message.author.id)
+        await self._stream(sink, key, message.author.id, question)
 
     def _question(self, message: discord.Message, me: int) -> str | None:
         """The question if this message is for us, else None ("" = for us but unreadable)."""
@@ -470,32 +486,33 @@ class DiscordBot:
     # -- buttons ----------------------------------------------------------------------------------
 
     async def on_control(self, interaction: discord.Interaction, action: str, asker: int) -> None:
-        if interaction.user.id != asker:
-            await interaction.response.send_message(
-                f"Only the person who asked can {action} this answer.", ephemeral=True,
-                allowed_mentions=NO_MENTIONS)
-            return
         key = self._key(interaction.user, interaction.guild, interaction.channel_id)
-        if action == "stop":
-            await interaction.response.defer()  # the answer's own edit shows "Stopped"
-            if not self._service.cancel(key):
-                await interaction.followup.send("Nothing to stop.", ephemeral=True,
-                                                allowed_mentions=NO_MENTIONS)
-            return
-        if await self._refuse(interaction):
-            return
-        if self._service.is_busy(key):
-            await interaction.response.send_message(TEXTS.busy, ephemeral=True,
+        with self._acking():
+            if interaction.user.id != asker:
+                await interaction.response.send_message(
+                    f"Only the person who asked can {action} this answer.", ephemeral=True,
+                    allowed_mentions=NO_MENTIONS)
+                return
+            if action == "stop":
+                await interaction.response.defer()  # the answer's own edit shows "Stopped"
+                if not self._service.cancel(key):
+                    await interaction.followup.send("Nothing to stop.", ephemeral=True,
                                                     allowed_mentions=NO_MENTIONS)
-            return
-        # Acknowledge by removing the Retry button (one request), then answer in follow-ups.
-        await interaction.response.edit_message(view=None, allowed_mentions=NO_MENTIONS)
+                return
+            if await self._refuse(interaction):
+                return
+            if self._service.is_busy(key):
+                await interaction.response.send_message(TEXTS.busy, ephemeral=True,
+                                                        allowed_mentions=NO_MENTIONS)
+                return
+            # Acknowledge by removing the Retry button (one request); answer in follow-ups.
+            await interaction.response.edit_message(view=None, allowed_mentions=NO_MENTIONS)
         channel = interaction.channel
         if channel is None or not isinstance(channel, discord.abc.Messageable):
             return
         sink = self._sink(channel, interaction, original_pending=False,
                           reply_to=interaction.message, asker=asker)
-        await self._stream(sink, key, self._service.retry(key), asker)
+        await self._stream(sink, key, asker, None)
 
     # -- streaming --------------------------------------------------------------------------------
 
@@ -506,33 +523,28 @@ class DiscordBot:
                            reply_to=reply_to, stop_view=control_view("stop", asker),
                            clock=self._clock)
 
-    async def _stream(self, sink: DiscordSink, key: ConversationKey,
-                      updates: AsyncIterator[ReplyUpdate], asker: int) -> None:
-        reply = StreamingReply(sink, PROFILE, clock=self._clock, sleep=self._sleep)
-        tracking = self._tracking
-        task = asyncio.current_task()
-        tracking.active[key] = tracking.active.get(key, 0) + 1
-        if task is not None:
-            tracking.tasks.add(task)
-        outcome: ReplyOutcome | None = None
-        try:
-            outcome = await reply.run(updates)
+    async def _stream(self, sink: DiscordSink, key: ConversationKey, asker: int,
+                      question: str | None, *, placeholder_shown: bool = False) -> None:
+        """Answer ``question`` (None: ask the last one again) into ``sink``."""
+        reply = StreamingReply(sink, PROFILE, clock=self._clock, sleep=self._sleep,
+                               placeholder_shown=placeholder_shown)
+        with self._inflight.track() as stop:
+            await self._after_acks()
+            updates: AsyncIterator[ReplyUpdate] = (
+                self._service.retry(key, stop=stop) if question is None
+                else self._service.ask(key, question, stop=stop)
+            )
+            try:
+                outcome = await reply.run(updates)
+            except discord.HTTPException as exc:
+                log.warning("could not deliver a reply: HTTP %s (code %s)", exc.status, exc.code)
+                return
             log.info("discord reply %s: %d edits, %d sends, %d rate-limited", outcome.status,
                      outcome.edits, outcome.sends, outcome.rate_limited)
-        except discord.HTTPException as exc:
-            log.warning("could not deliver a reply: HTTP %s (code %s)", exc.status, exc.code)
-        finally:
-            left = tracking.active.get(key, 1) - 1
-            if left:
-                tracking.active[key] = left
-            else:
-                tracking.active.pop(key, None)
-            if task is not None:
-                tracking.tasks.discard(task)
-        if outcome and outcome.final_landed and outcome.handles and outcome.status in (
-            "complete", "failed", "interrupted"
-        ):
-            await sink.set_view(outcome.handles[-1], control_view("retry", asker))
+            if outcome.final_landed and outcome.handles and outcome.status in (
+                "complete", "failed", "interrupted"
+            ):
+                await sink.set_view(outcome.handles[-1], control_view("retry", asker))
 
     # -- who, where, which conversation -----------------------------------------------------------
 

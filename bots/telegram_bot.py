@@ -38,6 +38,7 @@ from telegram.ext import (
 from rtxrelay.core.config import Settings, env_reader
 from rtxrelay.core.conversation import ConversationService, ReplyUpdate
 from rtxrelay.core.errors import ConfigError
+from rtxrelay.core.inflight import InFlight
 from rtxrelay.core.paging import LengthUnit
 from rtxrelay.core.ratelimit import SlidingWindowLimiter, parse_rate
 from rtxrelay.core.render import to_plain_text, to_telegram_html
@@ -202,8 +203,7 @@ class TelegramBot:
         self._clock = clock
         self._sleep = sleep
         self._limiter = SlidingWindowLimiter(*settings.user_rate, clock=clock)
-        self._replies: set[asyncio.Task[object]] = set()
-        self._active: set[ConversationKey] = set()
+        self._inflight = InFlight()
         self._drafts_refused = False  # the Bot API server has no drafts: edit from the start
         self.application = self._build()
 
@@ -244,10 +244,7 @@ class TelegramBot:
 
     async def finish_replies(self, timeout: float = 30.0) -> None:
         """Stop every answer in flight; each reply then lands its text as 'Stopped'."""
-        for key in list(self._active):
-            self._service.cancel(key)
-        if self._replies:
-            await asyncio.wait(self._replies, timeout=timeout)
+        await self._inflight.stop_all(timeout)
 
     # -- handlers ---------------------------------------------------------------------------------
 
@@ -320,25 +317,20 @@ class TelegramBot:
         thread = message.message_thread_id if message.is_topic_message else None
         sink = TelegramSink(context.bot, chat.id, reply_to=None if private else message.message_id,
                             thread_id=thread, draft_id=message.message_id)
-        updates: AsyncIterator[ReplyUpdate] = (
-            self._service.retry(key) if question is None else self._service.ask(key, question)
-        )
         reply = StreamingReply(sink, profile, clock=self._clock, sleep=self._sleep)
-        task = asyncio.current_task()
-        self._active.add(key)
-        if task is not None:
-            self._replies.add(task)
-        try:
-            outcome = await reply.run(updates)
-            self._drafts_refused |= outcome.drafts_refused
-            log.info("telegram reply %s: %d edits, %d sends, %d rate-limited", outcome.status,
-                     outcome.edits, outcome.sends, outcome.rate_limited)
-        except TelegramError as exc:
-            log.warning("could not deliver a reply: %s", type(exc).__name__)
-        finally:
-            self._active.discard(key)
-            if task is not None:
-                self._replies.discard(task)
+        with self._inflight.track() as stop:
+            updates: AsyncIterator[ReplyUpdate] = (
+                self._service.retry(key, stop=stop) if question is None
+                else self._service.ask(key, question, stop=stop)
+            )
+            try:
+                outcome = await reply.run(updates)
+            except TelegramError as exc:
+                log.warning("could not deliver a reply: %s", type(exc).__name__)
+                return
+        self._drafts_refused |= outcome.drafts_refused
+        log.info("telegram reply %s: %d edits, %d sends, %d rate-limited", outcome.status,
+                 outcome.edits, outcome.sends, outcome.rate_limited)
 
     def _key(self, update: Update) -> ConversationKey:
         chat = update.effective_chat

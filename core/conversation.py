@@ -106,7 +106,9 @@ class ConversationService:
         turns = await self._store.recent_turns(conversation.id, 1)
         return turns[-1].question if turns else None
 
-    async def retry(self, key: ConversationKey) -> AsyncIterator[ReplyUpdate]:
+    async def retry(
+        self, key: ConversationKey, *, stop: asyncio.Event | None = None
+    ) -> AsyncIterator[ReplyUpdate]:
         """Ask the last question again; the earlier answer is kept but no longer used."""
         if self.is_busy(key):
             yield Busy()
@@ -117,11 +119,16 @@ class ConversationService:
             yield Rejected("There is nothing to retry yet.")
             return
         await self._store.set_status(turns[-1].id, TurnStatus.SUPERSEDED)
-        async with contextlib.aclosing(self.ask(key, turns[-1].question)) as updates:
+        async with contextlib.aclosing(self.ask(key, turns[-1].question, stop=stop)) as updates:
             async for update in updates:
                 yield update
 
-    async def ask(self, key: ConversationKey, question: str) -> AsyncIterator[ReplyUpdate]:
+    async def ask(
+        self, key: ConversationKey, question: str, *, stop: asyncio.Event | None = None
+    ) -> AsyncIterator[ReplyUpdate]:
+        """Stream the answer. ``stop`` (optional, the caller's) ends it as INTERRUPTED like
+        ``cancel`` does, and also works when set before the job started: a bot shutting down
+        can stop answers that are still waiting to begin."""
         question = question.strip()
         if not question:
             yield Rejected("The question is empty.")
@@ -136,7 +143,7 @@ class ConversationService:
         if name in self._inflight:
             yield Busy()
             return
-        stop = asyncio.Event()
+        stop = stop or asyncio.Event()
         self._inflight[name] = stop
         try:
             # aclosing: if our consumer stops early, the inner generator's cleanup (cancel the
@@ -155,6 +162,11 @@ class ConversationService:
         history, trimmed = self._window(turns)
         # Persist first: whatever happens next (backend down, crash), the question is kept.
         turn_id = await self._store.add_question(conversation.id, question)
+        if stop.is_set():  # stopped before it began (a bot shutting down): don't start a job
+            await self._store.finish_turn(turn_id, status=TurnStatus.INTERRUPTED, answer="",
+                                          error="stopped")
+            yield Finished("", TurnStatus.INTERRUPTED, None, trimmed)
+            return
 
         updates: asyncio.Queue[object] = asyncio.Queue()
         producer = asyncio.create_task(

@@ -118,8 +118,12 @@ class StreamingReply:
         *,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        placeholder_shown: bool = False,
     ) -> None:
+        """``placeholder_shown``: the platform already shows a waiting state (Discord's
+        deferred "is thinking…"), so no "starting" status is sent."""
         self._sink = sink
+        self._placeholder_shown = placeholder_shown
         self._profile = profile
         self._clock = clock
         self._sleep = sleep
@@ -141,7 +145,8 @@ class StreamingReply:
         flusher = asyncio.create_task(self._flush_loop())
         final_text: str | None = None
         try:
-            await self._status(self._profile.texts.starting)
+            if not self._placeholder_shown:
+                await self._status(self._profile.texts.starting)
             async for update in updates:
                 if isinstance(update, Waiting):
                     await self._status(self._profile.texts.waiting.format(position=update.position))

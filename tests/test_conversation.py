@@ -314,3 +314,40 @@ class _Unused:
 
     async def probe(self) -> None:  # pragma: no cover
         return None
+
+
+async def test_a_stop_set_before_the_job_starts_ends_it_interrupted_and_keeps_the_question(
+    tmp_path,
+) -> None:
+    """Shutdown can stop answers still waiting to begin (the bots' InFlight relies on it)."""
+    import asyncio
+
+    from rtxrelay.core.conversation import ConversationService, Finished
+    from rtxrelay.core.inflight import InFlight
+    from rtxrelay.core.store import ConversationKey, TurnStatus
+    from rtxrelay.storage.sqlite_store import SqliteStore
+
+    class NeverCalled:
+        async def stream_answer(self, *args: object, **kwargs: object):  # pragma: no cover
+            raise AssertionError("a stopped ask must not reach the backend")
+            yield
+
+    key = ConversationKey("test", "chat", "user")
+    async with SqliteStore(tmp_path / "db.sqlite") as store:
+        service = ConversationService(NeverCalled(), store)  # type: ignore[arg-type]
+        inflight = InFlight()
+
+        async def reply() -> list[object]:
+            with inflight.track() as stop:
+                await asyncio.sleep(0)  # shutdown happens here, before the ask starts
+                return [u async for u in service.ask(key, "late question", stop=stop)]
+
+        task = asyncio.create_task(reply())
+        await asyncio.sleep(0)
+        await inflight.stop_all(timeout=5)
+        updates = await task
+        assert isinstance(updates[-1], Finished)
+        assert updates[-1].status is TurnStatus.INTERRUPTED
+        (turn,) = await store.turns_for_key(str(key))
+        assert turn.question == "late question" and turn.status is TurnStatus.INTERRUPTED
+        assert len(inflight) == 0

@@ -126,7 +126,7 @@ async def test_long_answer_is_paged_with_fences_intact(make_rig) -> None:
     want = expected(question)
     await rig.fake.wait_until(
         lambda: want.split()[-1] in rig.fake.chat_text(user["id"])
-        and rig.bot._active == set(), timeout=30)
+        and not len(rig.bot._inflight), timeout=30)
     pages = rig.fake.bot_messages(user["id"])
     assert len(pages) >= 3
     for page in pages:
@@ -200,7 +200,7 @@ async def test_refused_drafts_fall_back_to_editing_a_message(make_rig) -> None:
     refused = len(rig.fake.calls_to("sendMessageDraft"))
     rig.fake.inject_private_text(user, "again [len=800]")
     await final_text(rig.fake, user["id"], "again")
-    await rig.fake.wait_until(lambda: not rig.bot._active, timeout=20)
+    await rig.fake.wait_until(lambda: not len(rig.bot._inflight), timeout=20)
     assert len(rig.fake.calls_to("sendMessageDraft")) == refused, "no drafts tried again"
 
 
