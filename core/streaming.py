@@ -138,15 +138,18 @@ class StreamingReply:
         self._next_edit = 0.0
         self._finished = False
         self._use_drafts = profile.use_drafts  # cleared if the platform refuses drafts
+        self._placeholder_tried = False
         self.outcome = ReplyOutcome()
 
     async def run(self, updates: AsyncIterator[ReplyUpdate]) -> ReplyOutcome:
-        typing = asyncio.create_task(self._keep_typing())
         flusher = asyncio.create_task(self._flush_loop())
+        typing: asyncio.Task[None] | None = None
         final_text: str | None = None
         try:
             if not self._placeholder_shown:
                 await self._status(self._profile.texts.starting)
+            # After the placeholder, not beside it: one request at a time per reply at first.
+            typing = asyncio.create_task(self._keep_typing())
             async for update in updates:
                 if isinstance(update, Waiting):
                     await self._status(self._profile.texts.waiting.format(position=update.position))
@@ -162,7 +165,8 @@ class StreamingReply:
                     final_text, self.outcome.status = update.reason, "rejected"
         finally:
             self._finished = True
-            typing.cancel()
+            if typing is not None:
+                typing.cancel()
             # Let an edit in flight complete (cancelling mid-request leaves its fate unknown),
             # but do not sit out a throttle or penalty wait: the final text supersedes it.
             if not self._in_request:
@@ -178,10 +182,19 @@ class StreamingReply:
     # -- interim frames -----------------------------------------------------------------------
 
     async def _status(self, text: str) -> None:
-        """Statuses show at once on the first message only (a placeholder), then throttled."""
-        if not self._handles and not self._use_drafts:
-            await self._deliver_interim(0, text)
+        """The first status shows at once (a placeholder); later ones are throttled frames."""
+        if not self._handles and not self._use_drafts and not self._placeholder_tried:
+            self._placeholder_tried = True
             self._next_edit = self._clock() + self._profile.edit_interval
+            try:
+                await self._deliver_interim(0, text)
+            except RetryLater as exc:
+                self.outcome.rate_limited += 1
+                self._next_edit = self._clock() + exc.seconds
+            except Exception:
+                # A timeout or refusal here must not lose the answer: later frames retry, and
+                # the final text has its own retries.
+                log.warning("placeholder not shown", exc_info=True)
         elif not self._pager.pages:
             self._frame_status(text)
 
@@ -313,8 +326,13 @@ class StreamingReply:
         for index, page in enumerate(pages):
             failures = 0
             while True:
+                if not self._use_drafts and self._needs_request(index, page):
+                    # The final text keeps to the same budget as interim edits: sent the instant
+                    # after the last edit, it is exactly the request that draws a 429.
+                    await self._sleep(max(0.0, self._next_edit - self._clock()))
                 try:
                     await self._deliver_final(index, page)
+                    self._next_edit = self._clock() + self._profile.edit_interval
                     break
                 except RetryLater as exc:
                     self.outcome.rate_limited += 1
@@ -334,6 +352,11 @@ class StreamingReply:
         self.outcome.final_landed = True
         self.outcome.pages = len(pages)
         self.outcome.handles = list(self._handles)
+
+    def _needs_request(self, index: int, text: str) -> bool:
+        """Whether delivering page ``index`` for good makes a request (see _deliver_final)."""
+        return (index >= len(self._handles) or self._shown[index] != text
+                or index >= self._final_pages)
 
     async def _keep_typing(self) -> None:
         with contextlib.suppress(asyncio.CancelledError):

@@ -31,3 +31,8 @@ def test_discord_ack_bench_quick_run_prints_the_table() -> None:
     assert re.search(r"^deferred in time \(200, type 5\)\s+\|\s+20/20\s+\|", done.stdout,
                      re.MULTILINE), output[-4000:]
     assert re.search(r"^ack latency p99 ms\s+\|", done.stdout, re.MULTILINE), output[-4000:]
+    # The fake Discord runs in a child process: the bot's CPU and the fake's are reported apart.
+    assert re.search(r"^bot process CPU s in that window\s+\|", done.stdout,
+                     re.MULTILINE), output[-4000:]
+    assert re.search(r"^fake Discord process CPU s \(not the bot's\)\s+\|\s+\d",
+                     done.stdout, re.MULTILINE), output[-4000:]

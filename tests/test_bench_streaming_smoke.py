@@ -1,0 +1,32 @@
+"""bench/bench_streaming.py must keep working: one quick run, no timing assertions."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench_streaming.py"
+TABLE_HEADER = re.compile(
+    r"^metric\s+\|\s+rtxrelay\s+\|\s+naive\s+\|\s+ratio \(naive / rtxrelay\)"
+    r"\s+\|\s+rtxrelay-drafts$",
+    re.MULTILINE,
+)
+
+
+def test_streaming_bench_quick_run_prints_the_table() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--quick"],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=110,
+        check=False,
+        cwd=BENCH.parent.parent,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    assert TABLE_HEADER.search(done.stdout), output[-4000:]
+    assert re.search(r"^final texts delivered \(goal: all\)\s+\|\s+10/10\s+\|", done.stdout,
+                     re.MULTILINE), output[-4000:]
