@@ -57,7 +57,13 @@ from telegram import Bot  # noqa: E402
 from telegram.error import BadRequest, RetryAfter, TelegramError  # noqa: E402
 from telegram.request import HTTPXRequest  # noqa: E402
 
-from rtxrelay.bots.telegram_bot import GROUP, PRIVATE, TelegramSink  # noqa: E402
+from rtxrelay.bots.telegram_bot import (  # noqa: E402
+    GROUP,
+    MAX_IN_FLIGHT,
+    PRIVATE,
+    BoundedRequest,
+    TelegramSink,
+)
 from rtxrelay.core.conversation import Finished, Partial, ReplyUpdate, Thinking  # noqa: E402
 from rtxrelay.core.store import TurnStatus  # noqa: E402
 from rtxrelay.core.streaming import (  # noqa: E402
@@ -88,9 +94,9 @@ CURSOR_MARK = "▍"  # the engine's cursor glyph; it must not survive in a final
 # through, which is how the real limit behaves; (1, 1.0) would punish any two calls 0.9 s apart.
 PER_CHAT_RATE = (3, 3.0)
 GROUP_RATE = (20, 60.0)
-# ApplicationBuilder's default for the bot's requests (telegram/ext/_applicationbuilder.py);
-# its pool timeout stays HTTPXRequest's default (1 s), as in the shipped bot.
-DEFAULT_POOL_SIZE = 256
+# The shipped bot's pool: one connection per request allowed in flight (BoundedRequest); its
+# pool timeout stays HTTPXRequest's default (1 s), as in the shipped bot.
+DEFAULT_POOL_SIZE = MAX_IN_FLIGHT
 DRAIN_EVERY = 0.5  # s between moves of the fake's records into compact form (bounds its RAM)
 RSS_EVERY = 0.1  # s between RSS samples
 
@@ -280,25 +286,20 @@ class FakeThread:
             self._loop.close()
 
 
-class CountingRequest(HTTPXRequest):
-    """PTB's default transport, counting requests that never got an HTTP answer (pool
+class CountingRequest(BoundedRequest):
+    """The bot's own transport (at most ``max_in_flight`` requests at once, see
+    bots/telegram_bot.BoundedRequest), counting requests that never got an HTTP answer (pool
     timeouts, read timeouts): the client-side symptom of too many requests in flight.
+    ``max_in_flight`` 0 removes the cap, to show what it is for."""
 
-    ``max_in_flight`` (0: no limit, as in the shipped bot) queues requests in a semaphore
-    before they reach httpcore, whose pool does O(connections x queued requests) work per
-    request (encode/httpcore#1035): a what-if for a limit the bot could add."""
-
-    def __init__(self, max_in_flight: int = 0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, max_in_flight: int = MAX_IN_FLIGHT, **kwargs: Any) -> None:
+        unlimited = max_in_flight <= 0
+        super().__init__(max_in_flight=10**6 if unlimited else max_in_flight, **kwargs)
         self.errors: Counter[str] = Counter()
-        self._gate = asyncio.Semaphore(max_in_flight) if max_in_flight > 0 else None
 
     async def do_request(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
         try:
-            if self._gate is None:
-                return await super().do_request(*args, **kwargs)
-            async with self._gate:
-                return await super().do_request(*args, **kwargs)
+            return await super().do_request(*args, **kwargs)
         except Exception as exc:
             self.errors[type(exc).__name__] += 1
             raise
@@ -310,7 +311,8 @@ _SHOWS = frozenset({"sendMessage", "editMessageText", "sendMessageDraft"})
 class TelegramPlatform:
     name = "telegram"
 
-    def __init__(self, pool_size: int = DEFAULT_POOL_SIZE, max_in_flight: int = 0) -> None:
+    def __init__(self, pool_size: int = DEFAULT_POOL_SIZE,
+                 max_in_flight: int = MAX_IN_FLIGHT) -> None:
         self._thread = FakeThread()
         self._fake: FakeTelegram | None = None
         self._request = CountingRequest(max_in_flight, connection_pool_size=pool_size)
@@ -1075,8 +1077,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the naive bot edits once this many new chars arrived")
     parser.add_argument("--pool-size", type=int, default=DEFAULT_POOL_SIZE,
                         help="the bot's HTTP connection pool (PTB's ApplicationBuilder: 256)")
-    parser.add_argument("--max-in-flight", type=int, default=0,
-                        help="what-if: cap the bot's concurrent requests (0: no cap, as shipped)")
+    parser.add_argument("--max-in-flight", type=int, default=MAX_IN_FLIGHT,
+                        help="the bot's cap on concurrent requests (0: no cap, to compare)")
     parser.add_argument("--json", help="also write every run's raw figures to this file")
     parser.add_argument("--worker", choices=(OURS, NAIVE, DRAFTS), help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)

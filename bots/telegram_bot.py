@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from typing import Any
 
 from telegram import BotCommand, Message, MessageEntity, ReplyParameters, Update
 from telegram.constants import ChatAction, ChatType, ParseMode
@@ -34,6 +35,7 @@ from telegram.ext import (
     MessageHandler,
     filters,
 )
+from telegram.request import HTTPXRequest
 
 from rtxrelay.core.config import Settings, env_reader
 from rtxrelay.core.conversation import ConversationService, ReplyUpdate
@@ -62,6 +64,10 @@ PRIVATE = PlatformProfile("telegram-private", 4096, LengthUnit.UTF16, edit_inter
                           typing_interval=4.0, use_drafts=True, texts=TEXTS)
 GROUP = PlatformProfile("telegram-group", 4096, LengthUnit.UTF16, edit_interval=3.0,
                         typing_interval=4.0, texts=TEXTS)
+# Requests at once to the Bot API. Beyond a few dozen, httpcore's pool spends its time managing
+# the queue (work per request grows with connections x waiting requests, encode/httpcore#1035)
+# and a burst of answers times out instead of moving; bench/bench_streaming.py measures it.
+MAX_IN_FLIGHT = 32
 COMMANDS = [
     BotCommand("ask", "Ask Chat with RTX a question"),
     BotCommand("reset", "Start a new conversation"),
@@ -106,6 +112,20 @@ class TelegramSettings:
             drafts_in_private=streaming == "draft",
             user_rate=parse_rate("USER_RATE_LIMIT", env.str("USER_RATE_LIMIT"), (10, 60.0)),
         )
+
+
+class BoundedRequest(HTTPXRequest):
+    """PTB's own httpx transport with at most ``max_in_flight`` requests at once; the rest
+    wait their turn in a semaphore, in order, before they reach the connection pool."""
+
+    def __init__(self, max_in_flight: int = MAX_IN_FLIGHT, **kwargs: Any) -> None:
+        kwargs.setdefault("connection_pool_size", max_in_flight)
+        super().__init__(**kwargs)
+        self._gate = asyncio.Semaphore(max_in_flight)
+
+    async def do_request(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
+        async with self._gate:
+            return await super().do_request(*args, **kwargs)
 
 
 class TelegramSink:
@@ -208,12 +228,14 @@ class TelegramBot:
         self.application = self._build()
 
     def _build(self) -> Application:  # type: ignore[type-arg]
-        builder = ApplicationBuilder().token(self._settings.token).concurrent_updates(True)
+        proxy = self._settings.proxy
+        builder = (ApplicationBuilder().token(self._settings.token).concurrent_updates(True)
+                   .request(BoundedRequest(proxy=proxy)))
         if self._settings.api_base_url:
             base = self._settings.api_base_url.rstrip("/")
             builder = builder.base_url(base).base_file_url(base.replace("/bot", "/file/bot", 1))
-        if self._settings.proxy:
-            builder = builder.proxy(self._settings.proxy).get_updates_proxy(self._settings.proxy)
+        if proxy:
+            builder = builder.get_updates_proxy(proxy)
         app = builder.build()
         app.add_handler(CommandHandler(["start", "help"], self._on_help))
         app.add_handler(CommandHandler("ask", self._on_ask))
