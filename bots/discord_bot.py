@@ -37,6 +37,7 @@ from rtxrelay.core.render import to_discord_markdown
 from rtxrelay.core.store import ConversationKey
 from rtxrelay.core.streaming import (
     DeliveryError,
+    DraftsUnavailable,
     PlatformProfile,
     ReplyTexts,
     RetryLater,
@@ -200,12 +201,15 @@ class DiscordSink:
         return get(message_id)  # type: ignore[no-any-return]
 
     async def set_view(self, handle: object, view: discord.ui.View | None) -> None:
-        """Swap the buttons under a message, leaving its text alone."""
-        with contextlib.suppress(DeliveryError, RetryLater):
+        """Swap the buttons under a message, leaving its text alone. Best effort: the answer
+        itself has landed already."""
+        try:
             await self._edit(handle, {"view": view, "allowed_mentions": NO_MENTIONS})
+        except (DeliveryError, RetryLater, discord.HTTPException) as exc:
+            log.info("buttons not updated: %s", type(exc).__name__)
 
     async def draft(self, text: str) -> None:
-        raise DeliveryError("Discord has no drafts")
+        raise DraftsUnavailable("Discord has no drafts")
 
     async def typing(self) -> None:
         if self._interaction is None:  # a deferred interaction already shows "is thinking…"
