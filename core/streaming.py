@@ -245,10 +245,14 @@ class StreamingReply:
             return
         pages = self._pager.update(frame)
         final_count = self._pager.final_count
-        # Pages that can no longer change are delivered for good before the growing one.
-        for index in range(self._final_pages, final_count):
-            await self._deliver_final(index, pages[index])
-        if len(pages) > final_count:
+        if self._final_pages < final_count:
+            # A page can no longer change: deliver it for good first. One write per interval,
+            # so the next page shows at the next turn (the frame is queued again for it).
+            await self._deliver_final(self._final_pages, pages[self._final_pages])
+            if self._latest is None:
+                self._latest = frame
+            self._dirty.set()
+        elif len(pages) > final_count:
             await self._deliver_interim(final_count, pages[final_count] + self._profile.cursor)
 
     async def _deliver_interim(self, index: int, text: str) -> None:

@@ -171,3 +171,38 @@ async def test_draft_mode_streams_previews_then_sends_messages() -> None:
     assert outcome.sends == len(sink.messages) >= 2
     assert "".join(sink.messages.values()).replace("\n", "").replace(" ", "") \
         == text.replace("\n", "").replace(" ", "")
+
+
+async def test_every_write_keeps_the_edit_budget_final_text_included() -> None:
+    clock = VirtualClock()
+    sink = RecordingSink(clock)
+    text = fake_model.answer_text("budget [len=1200]", [])
+    outcome = await StreamingReply(sink, PROFILE, clock=clock, sleep=clock.sleep).run(
+        stream(clock, text))
+    assert outcome.final_landed
+    times = [t for t, *_ in sink.log]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # The final page waits out the interval after the last interim edit (that is the write
+    # a platform would answer with 429); every other gap keeps to the budget too.
+    assert min(gaps) >= PROFILE.edit_interval - 1e-9, gaps
+
+
+async def test_a_failed_placeholder_never_loses_the_answer() -> None:
+    clock = VirtualClock()
+    sink = RecordingSink(clock)
+    real_send = sink.send
+    calls = 0
+
+    async def flaky_send(text: str, *, final: bool) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise TimeoutError("the platform did not answer")  # e.g. PTB's TimedOut
+        return await real_send(text, final=final)
+
+    sink.send = flaky_send  # type: ignore[method-assign]
+    text = fake_model.answer_text("placeholder [len=300]", [])
+    outcome = await StreamingReply(sink, PROFILE, clock=clock, sleep=clock.sleep).run(
+        stream(clock, text))
+    assert outcome.final_landed and outcome.status == "complete"
+    assert "".join(sink.messages.values()).split() == text.split()
