@@ -388,13 +388,11 @@ class DiscordBot:
                 return
             await self._service.reset(self._key(interaction.user, interaction.guild,
                                                 interaction.channel_id))
-            await interaction.response.send_message("🆕 New conversation started.",
-                                                    ephemeral=True, allowed_mentions=NO_MENTIONS)
+            await _tell(interaction, "🆕 New conversation started.")
 
         @tree.command(name="help", description="How to use this bot")
         async def help_(interaction: discord.Interaction) -> None:
-            await interaction.response.send_message(HELP, ephemeral=True,
-                                                    allowed_mentions=NO_MENTIONS)
+            await _tell(interaction, HELP)
 
     # -- /ask -------------------------------------------------------------------------------------
 
@@ -406,13 +404,11 @@ class DiscordBot:
             if await self._refuse(interaction):
                 return
             if self._service.is_busy(key):
-                await interaction.response.send_message(TEXTS.busy, ephemeral=True,
-                                                        allowed_mentions=NO_MENTIONS)
+                await _tell(interaction, TEXTS.busy)
                 return
             wait = self._limiter.check(str(interaction.user.id))
             if wait > 0:
-                await interaction.response.send_message(_slow_down(wait), ephemeral=True,
-                                                        allowed_mentions=NO_MENTIONS)
+                await _tell(interaction, _slow_down(wait))
                 return
             deferred = True
             try:
@@ -430,8 +426,7 @@ class DiscordBot:
     async def _refuse(self, interaction: discord.Interaction) -> bool:
         if self._allowed(interaction.user, interaction.guild, interaction.channel):
             return False
-        await interaction.response.send_message(SORRY, ephemeral=True,
-                                                allowed_mentions=NO_MENTIONS)
+        await _tell(interaction, SORRY)
         return True
 
     # -- mentions, replies and DMs ----------------------------------------------------------------
@@ -493,9 +488,7 @@ class DiscordBot:
         key = self._key(interaction.user, interaction.guild, interaction.channel_id)
         with self._acking():
             if interaction.user.id != asker:
-                await interaction.response.send_message(
-                    f"Only the person who asked can {action} this answer.", ephemeral=True,
-                    allowed_mentions=NO_MENTIONS)
+                await _tell(interaction, f"Only the person who asked can {action} this answer.")
                 return
             if action == "stop":
                 await interaction.response.defer()  # the answer's own edit shows "Stopped"
@@ -506,8 +499,7 @@ class DiscordBot:
             if await self._refuse(interaction):
                 return
             if self._service.is_busy(key):
-                await interaction.response.send_message(TEXTS.busy, ephemeral=True,
-                                                        allowed_mentions=NO_MENTIONS)
+                await _tell(interaction, TEXTS.busy)
                 return
             # Acknowledge by removing the Retry button (one request); answer in follow-ups.
             await interaction.response.edit_message(view=None, allowed_mentions=NO_MENTIONS)
@@ -576,6 +568,11 @@ class DiscordBot:
         channel_ids = {getattr(channel, "id", None), getattr(channel, "parent_id", None)}
         where = guild.id in s.allowed_guilds or bool(channel_ids & s.allowed_channels)
         return who and where
+
+
+async def _tell(interaction: discord.Interaction, text: str) -> None:
+    """Answer an interaction with a message only its user sees (this is its acknowledgement)."""
+    await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
 
 def _slow_down(wait: float) -> str:
