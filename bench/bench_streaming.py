@@ -15,6 +15,13 @@ each streams the same synthetic answer (``--tokens-per-second``, ~4.5 chars a to
 - **rtxrelay-drafts** (``--drafts``, on with ``--quick``): rtxrelay with private chats
   streaming into drafts, as the shipped bot does by default.
 
+``--platform discord`` does the same against the fake Discord REST API
+(tests/fakes/discord_api.py, per-bucket 429s on) with a real discord.py ``Client`` (REST only,
+no gateway): one text channel per conversation, rtxrelay is
+``StreamingReply(DiscordSink(channel, ...), PROFILE)`` (the @mention/DM path of
+bots/discord_bot.py), naive sends on the first token and edits on every token, discord.py
+waiting out 429s itself. Discord has no drafts.
+
 Contenders run side by side for every N, alternating which goes first, each with a fresh fake.
 Figures come from what the fake recorded. See bench/README.md for what every row means.
 """
@@ -52,11 +59,18 @@ REPO_DIR = BENCH_DIR.parent
 if str(REPO_DIR) not in sys.path:  # the fake Bot API lives in tests/fakes
     sys.path.insert(0, str(REPO_DIR))
 
+import discord  # noqa: E402
+import discord.gateway  # noqa: E402
+import discord.http  # noqa: E402
 import psutil  # noqa: E402
+import yarl  # noqa: E402
+from aiohttp import ClientError  # noqa: E402
 from telegram import Bot  # noqa: E402
 from telegram.error import BadRequest, RetryAfter, TelegramError  # noqa: E402
 from telegram.request import HTTPXRequest  # noqa: E402
 
+from rtxrelay.bots.discord_bot import PROFILE as DISCORD_PROFILE  # noqa: E402
+from rtxrelay.bots.discord_bot import DiscordSink, control_view  # noqa: E402
 from rtxrelay.bots.telegram_bot import (  # noqa: E402
     GROUP,
     MAX_IN_FLIGHT,
@@ -72,6 +86,8 @@ from rtxrelay.core.streaming import (  # noqa: E402
     RetryLater,
     StreamingReply,
 )
+from tests.fakes.discord_api import FakeDiscord  # noqa: E402
+from tests.fakes.discord_payloads import text_channel  # noqa: E402
 from tests.fakes.telegram_api import FakeTelegram  # noqa: E402
 
 try:  # POSIX only; psutil is the main path so the bench also runs on Windows
@@ -97,6 +113,12 @@ GROUP_RATE = (20, 60.0)
 # The shipped bot's pool: one connection per request allowed in flight (BoundedRequest); its
 # pool timeout stays HTTPXRequest's default (1 s), as in the shipped bot.
 DEFAULT_POOL_SIZE = MAX_IN_FLIGHT
+# Discord documents no per-route numbers (only "parse the X-RateLimit headers"); the limit
+# observed by the community for creating and editing messages is 5 per 5 s per channel. The
+# fake applies it as a sliding window to every bucket, which it keys on route + major
+# parameter (channel_id): creates and edits each get 5 in any 5 s per channel. It models no
+# global limit (Discord's 50 requests/s per bot). The same for every contender.
+DISCORD_BUCKET = (5, 5.0)
 DRAIN_EVERY = 0.5  # s between moves of the fake's records into compact form (bounds its RAM)
 RSS_EVERY = 0.1  # s between RSS samples
 
@@ -211,7 +233,7 @@ async def answer_stream(
 @dataclass(frozen=True)
 class Chat:
     chat_id: int
-    kind: str  # "private" or "group"
+    kind: str  # "private" or "group" (Telegram), "channel" (Discord)
 
 
 class Request(NamedTuple):
@@ -227,10 +249,11 @@ class Request(NamedTuple):
 
 class Platform(Protocol):
     """What a platform adds to the bench: its fake, its sink, the naive bot's three calls and
-    how to read requests, 429s and final texts back from the fake. Telegram is below; a
-    Discord one plugs in the same way."""
+    how to read requests, 429s and final texts back from the fake. Telegram and Discord are
+    below."""
 
     name: str
+    kinds: tuple[str, ...]  # the chat kinds it has, in table order
 
     async def start(self, plan: AnswerPlan) -> None: ...
     async def stop(self) -> None: ...
@@ -305,11 +328,16 @@ class CountingRequest(BoundedRequest):
             raise
 
 
-_SHOWS = frozenset({"sendMessage", "editMessageText", "sendMessageDraft"})
+_SHOWS = frozenset({"sendMessage", "editMessageText", "sendMessageDraft",
+                    # Discord (DiscordPlatform keeps the fake's route key as the method)
+                    "POST /channels/{channel_id}/messages",
+                    "PATCH /channels/{channel_id}/messages/{message_id}"})
+KIND_ORDER = ("private", "group", "channel")
 
 
 class TelegramPlatform:
     name = "telegram"
+    kinds = ("private", "group")
 
     def __init__(self, pool_size: int = DEFAULT_POOL_SIZE,
                  max_in_flight: int = MAX_IN_FLIGHT) -> None:
@@ -436,7 +464,180 @@ async def _mapped(call: Awaitable[T]) -> T | None:
         raise
 
 
-PLATFORMS: dict[str, Callable[[int, int], Platform]] = {"telegram": TelegramPlatform}
+_DISCORD_SEND = "POST /channels/{channel_id}/messages"
+_DISCORD_EDIT = "PATCH /channels/{channel_id}/messages/{message_id}"
+_DISCORD_COUNTED = frozenset({_DISCORD_SEND, _DISCORD_EDIT})
+
+
+class DiscordPlatform:
+    """The fake Discord REST API and a real discord.py ``Client`` logged in over REST only
+    (no gateway: streaming needs none). One text channel per conversation, added to the
+    fake's guild; the bot writes through ``client.get_partial_messageable(channel_id)``."""
+
+    name = "discord"
+    kinds = ("channel",)
+
+    def __init__(self, pool_size: int = 0, max_in_flight: int = 0) -> None:
+        del pool_size, max_in_flight  # discord.py's aiohttp connector has no cap (limit=0)
+        self._thread = FakeThread()
+        self._fake: FakeDiscord | None = None
+        self._client: discord.Client | None = None
+        self._plan: AnswerPlan | None = None
+        self._errors: Counter[str] = Counter()
+        self._channels: dict[int, discord.PartialMessageable] = {}
+
+    @property
+    def fake(self) -> FakeDiscord:
+        assert self._fake is not None
+        return self._fake
+
+    @property
+    def client(self) -> discord.Client:
+        assert self._client is not None
+        return self._client
+
+    async def start(self, plan: AnswerPlan) -> None:
+        self._plan = plan
+        self._thread.start()
+
+        async def enter() -> FakeDiscord:
+            fake = FakeDiscord(bucket_limit=DISCORD_BUCKET, clock=time.monotonic)
+            return await fake.__aenter__()
+
+        self._fake = await self._thread.run(enter())
+        # As tests/fakes/discord_api.point_discord_py_at, for a whole (worker) process.
+        discord.http.Route.BASE = self.fake.base_url
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self.fake.gateway_url)
+        # The shipped bot's options that matter over REST (bots/discord_bot.DiscordBot).
+        self._client = discord.Client(intents=discord.Intents.none(),
+                                      allowed_mentions=discord.AllowedMentions.none(),
+                                      max_ratelimit_timeout=30.0)
+        await asyncio.wait_for(self.client.login(self.fake.token), 30)
+        self._count_client_errors()
+
+    def _count_client_errors(self) -> None:
+        """Count requests that got no HTTP answer (connection errors, timeouts)."""
+        http = self.client.http
+        request = http.request
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await request(*args, **kwargs)
+            except discord.HTTPException:
+                raise
+            except Exception as exc:
+                self._errors[type(exc).__name__] += 1
+                raise
+
+        http.request = counted  # type: ignore[method-assign]
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._client.close(), 30)
+        if self._fake is not None:
+            await self._thread.run(self._fake.__aexit__(None, None, None))
+        self._thread.stop()
+
+    async def make_chats(self, kinds: Sequence[str]) -> list[Chat]:
+        def make() -> list[Chat]:
+            # The fake has 3 text channels; add one per conversation to its guild, as
+            # _build_world does (messages and typing check _channel_payloads).
+            fake = self.fake
+            chats = []
+            for kind in kinds:
+                cid = fake._ids.next()
+                name = f"bench-{len(fake.channels)}"
+                fake.channels[name] = cid
+                fake._channel_payloads[cid] = text_channel(cid, fake.guild_id, name,
+                                                           len(fake.channels) - 1)
+                chats.append(Chat(int(cid), kind))
+            return chats
+
+        chats = await self._thread.call(make)
+        for chat in chats:
+            self._channels[chat.chat_id] = self.client.get_partial_messageable(
+                chat.chat_id, type=discord.ChannelType.text)
+        return chats
+
+    def profile(self, chat: Chat, *, drafts: bool) -> PlatformProfile:
+        return DISCORD_PROFILE
+
+    def sink(self, chat: Chat) -> MessageSink:
+        # As DiscordBot._sink for an @mention or a DM (minus the quoted question): the Stop
+        # button rides on every interim write, as shipped.
+        return DiscordSink(self._channels[chat.chat_id], interaction=None,
+                           original_pending=False, reply_to=None,
+                           stop_view=control_view("stop", 1), clock=time.monotonic)
+
+    async def naive_send(self, chat: Chat, text: str) -> object:
+        return await _discord_mapped(self._channels[chat.chat_id].send(content=text))
+
+    async def naive_edit(self, chat: Chat, handle: object, text: str) -> None:
+        assert isinstance(handle, discord.Message)
+        await _discord_mapped(handle.edit(content=text))
+
+    async def naive_typing(self, chat: Chat) -> None:
+        await _discord_mapped(self._channels[chat.chat_id].typing())  # type: ignore[arg-type]
+
+    async def drain(self, timeout: float = 30.0) -> list[Request]:
+        return await self._thread.call(self._drain_in_fake, timeout)
+
+    def _drain_in_fake(self) -> list[Request]:
+        """Runs on the fake's loop: take its request records and drop every message's
+        revision history, keeping what the bench needs (as TelegramPlatform does)."""
+        fake, plan = self.fake, self._plan
+        assert plan is not None
+        records, fake.requests = fake.requests, []
+        for messages in fake.messages.values():
+            for message in messages:
+                message.revisions.clear()
+                message.allowed_mentions.clear()
+        requests = []
+        for rec in records:
+            shown = 0
+            if rec.status == 200 and rec.route in _DISCORD_COUNTED and isinstance(rec.json, dict):
+                shown = plan.shown_length(str(rec.json.get("content") or ""))
+            parts = rec.path.split("/")
+            chat_id = int(parts[2]) if len(parts) > 2 and parts[1] == "channels" else 0
+            requests.append(Request(rec.time, chat_id, rec.route, rec.status, shown,
+                                    rec.route in _DISCORD_COUNTED))
+        return requests
+
+    async def final_texts(self, chats: Sequence[Chat]) -> dict[int, str]:
+        def read() -> dict[int, str]:
+            fake = self.fake
+            pages: dict[int, list[tuple[int, str]]] = defaultdict(list)
+            for channel_id, messages in fake.messages.items():
+                for message in messages:
+                    if message.author_id == fake.bot_id and not message.deleted:
+                        pages[int(channel_id)].append((int(message.id), message.content))
+            return {c.chat_id: "\n".join(t for _, t in sorted(pages[c.chat_id])) for c in chats}
+
+        return await self._thread.call(read)
+
+    def client_errors(self) -> Counter[str]:
+        return self._errors
+
+    def server_thread_id(self) -> int | None:
+        return self._thread.native_id
+
+
+async def _discord_mapped(call: Awaitable[T]) -> T:
+    """discord.py's 429s in the engine's terms, as bots/discord_bot._guard maps them:
+    discord.py sleeps out a 429 itself and raises only past max_ratelimit_timeout."""
+    try:
+        return await call
+    except discord.RateLimited as exc:
+        raise RetryLater(exc.retry_after) from exc
+    except discord.HTTPException as exc:
+        if exc.status == 429:
+            raise RetryLater(1.0) from exc
+        raise
+
+
+PLATFORMS: dict[str, Callable[[int, int], Platform]] = {
+    "telegram": TelegramPlatform, "discord": DiscordPlatform}
 
 # -- the contenders -----------------------------------------------------------------------------
 
@@ -458,6 +659,8 @@ async def run_rtxrelay(platform: Platform, conv: Conversation,
 
 
 NAIVE_NETWORK_PAUSE = 0.5  # what a typical bot sleeps after a timeout (research: N3's 0.5 s)
+# What the naive bot treats as "that request failed, go on" on either platform.
+NAIVE_ERRORS = (TelegramError, discord.DiscordException, ClientError, TimeoutError)
 
 
 async def run_naive(platform: Platform, conv: Conversation,
@@ -465,7 +668,7 @@ async def run_naive(platform: Platform, conv: Conversation,
     """Send on the first token, edit on every token (or every ``every_chars``), sleep out each
     429, skip an interim edit that failed; then retry the final text until it lands."""
     chat = conv.chat
-    with contextlib.suppress(RetryLater, TelegramError):
+    with contextlib.suppress(RetryLater, *NAIVE_ERRORS):
         await platform.naive_typing(chat)  # once, as most bots do
     handle: object = None
     shown = ""
@@ -485,7 +688,7 @@ async def run_naive(platform: Platform, conv: Conversation,
                 except RetryLater as exc:
                     conv.rate_limited += 1
                     await asyncio.sleep(exc.seconds)
-                except TelegramError:
+                except NAIVE_ERRORS:
                     await asyncio.sleep(NAIVE_NETWORK_PAUSE)
     if handle is None:
         await _until_landed(conv, lambda: platform.naive_send(chat, final))
@@ -501,7 +704,7 @@ async def _until_landed(conv: Conversation, call: Callable[[], Awaitable[T]]) ->
         except RetryLater as exc:
             conv.rate_limited += 1
             await asyncio.sleep(exc.seconds)
-        except TelegramError:
+        except NAIVE_ERRORS:
             await asyncio.sleep(NAIVE_NETWORK_PAUSE)
 
 
@@ -544,7 +747,9 @@ class Sampler:
         self.peak = max(self.peak, self.process.memory_info().rss)
 
 
-def chat_kinds(n: int, mix: str) -> list[str]:
+def chat_kinds(n: int, mix: str, platform: Platform) -> list[str]:
+    if len(platform.kinds) == 1:  # Discord: one kind, --chat does not apply
+        return [platform.kinds[0]] * n
     if mix == "mix":  # alternate, so every N has both halves
         return ["private" if i % 2 == 0 else "group" for i in range(n)]
     return [mix] * n
@@ -673,7 +878,7 @@ async def measured_run(args: argparse.Namespace) -> int:
     logs = LogCounter()
     logging.getLogger().addHandler(logs)
     logging.getLogger().setLevel(logging.WARNING)
-    kinds = chat_kinds(args.size, args.chat)
+    kinds = chat_kinds(args.size, args.chat, platform)
     await platform.start(plan)
     try:
         await warm_up(platform, args, kinds)
@@ -774,11 +979,12 @@ def analyse(plan: AnswerPlan, convs: Sequence[Conversation], requests: Sequence[
     }
     all_delays: list[float] = []
     unshown = 0
-    for kind in ("private", "group"):
+    for kind in KIND_ORDER:
         mine = [c for c in convs if c.chat.kind == kind]
         if not mine:
             continue
         rates, win1, win60, counted, delays = [], [], [], [], []
+        win5: list[int] = []  # Discord: most in any 5 s in one bucket (route + channel)
         for conv in mine:
             calls = by_chat[conv.chat.chat_id]
             ok = [r.time for r in calls if r.counted and r.status == 200]
@@ -786,6 +992,10 @@ def analyse(plan: AnswerPlan, convs: Sequence[Conversation], requests: Sequence[
             rates.append(len(ok) / span if span > 0 else math.nan)
             win1.append(most_in_window(ok, 1.0))
             win60.append(most_in_window(ok, 60.0))
+            routes = {r.method for r in calls if r.counted}
+            win5.append(max((most_in_window([r.time for r in calls if r.method == route
+                                             and r.status == 200], 5.0) for route in routes),
+                            default=0))
             counted.append(len(ok))
             shows = [r for r in calls if r.status == 200 and r.method in _SHOWS]
             got = token_delays(plan, conv.started, shows)
@@ -797,7 +1007,7 @@ def analyse(plan: AnswerPlan, convs: Sequence[Conversation], requests: Sequence[
         out[kind] = {
             "budget": 1 / interval,
             "rate_mean": _mean(rates), "rate_max": max(rates),
-            "win1_max": max(win1), "win60_max": max(win60),
+            "win1_max": max(win1), "win60_max": max(win60), "win5_bucket_max": max(win5),
             "counted_mean": _mean(counted),
             "delay_p50": percentile(delays, 0.5), "delay_p95": percentile(delays, 0.95),
             "delay_max": delays[-1] if delays else math.nan,
@@ -919,7 +1129,7 @@ def rows_for(runs: Sequence[dict[str, Any]]) -> list[Row]:
         ("API requests, all methods, per conversation",
          lambda r: _get("requests")(r) / r["n"], True),
     ]
-    for kind in ("private", "group"):
+    for kind in KIND_ORDER:
         if not any(kind in r for r in runs):
             continue
         budget = next(r[kind]["budget"] for r in runs if kind in r)
@@ -933,6 +1143,9 @@ def rows_for(runs: Sequence[dict[str, Any]]) -> list[Row]:
         if kind == "group":
             rows.append(("group: most in any 60 s window (limit 20)",
                          _get(kind, "win60_max"), True))
+        if kind == "channel":
+            rows.append((f"channel: most in any {DISCORD_BUCKET[1]:g} s window, one bucket "
+                         f"(limit {DISCORD_BUCKET[0]})", _get(kind, "win5_bucket_max"), True))
         rows += [
             (f"{kind}: token -> shown delay p50 s", _get(kind, "delay_p50"), True),
             (f"{kind}: token -> shown delay p95 s", _get(kind, "delay_p95"), True),
@@ -1019,13 +1232,18 @@ def report_problems(all_runs: Sequence[dict[str, Any]]) -> None:
 
 def parent_main(args: argparse.Namespace) -> int:
     contenders = [*CONTENDERS, DRAFTS] if args.drafts else list(CONTENDERS)
-    print(f"platform {args.platform}, chats {args.chat}; fake flood model: per chat "
-          f"{PER_CHAT_RATE[0]}/{PER_CHAT_RATE[1]:g} s, per group {GROUP_RATE[0]}/"
-          f"{GROUP_RATE[1]:g} s; {args.tokens_per_second:g} tokens/s, ~{args.chars:,} chars, "
-          f"first token after {args.first_token:g} s, starts spread over {args.stagger:g} s; "
-          f"naive edits every {args.naive_every_chars} char(s); HTTP pool "
-          f"{args.pool_size}, in-flight cap {args.max_in_flight or 'none'}; "
-          f"{os.cpu_count()} CPUs, "
+    if args.platform == "discord":
+        model = (f"chats channel (one per conversation); fake rate limit: {DISCORD_BUCKET[0]}"
+                 f"/{DISCORD_BUCKET[1]:g} s per bucket (route + channel), no global limit")
+        http = "HTTP: discord.py's aiohttp, no connection cap"
+    else:
+        model = (f"chats {args.chat}; fake flood model: per chat {PER_CHAT_RATE[0]}/"
+                 f"{PER_CHAT_RATE[1]:g} s, per group {GROUP_RATE[0]}/{GROUP_RATE[1]:g} s")
+        http = f"HTTP pool {args.pool_size}, in-flight cap {args.max_in_flight or 'none'}"
+    print(f"platform {args.platform}, {model}; {args.tokens_per_second:g} tokens/s, "
+          f"~{args.chars:,} chars, first token after {args.first_token:g} s, starts spread "
+          f"over {args.stagger:g} s; naive edits every {args.naive_every_chars} char(s); "
+          f"{http}; {os.cpu_count()} CPUs, "
           f"{platform.python_implementation()} {platform.python_version()}, "
           f"{platform.system()} {platform.release()}", flush=True)
     all_runs: list[dict[str, Any]] = []
@@ -1061,10 +1279,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="numbers of simultaneous conversations, comma list")
     parser.add_argument("--platform", choices=sorted(PLATFORMS), default="telegram")
     parser.add_argument("--chat", choices=("mix", "private", "group"), default="mix",
-                        help="mix: every other chat is a group")
+                        help="mix: every other chat is a group (Telegram only)")
     parser.add_argument("--drafts", action=argparse.BooleanOptionalAction, default=None,
-                        help="also run rtxrelay with private chats in drafts mode "
-                             "(default: with --quick only, to keep the full run under 3 min)")
+                        help="also run rtxrelay with private chats in drafts mode (Telegram "
+                             "only; default: with --quick only, to keep the full run short)")
     parser.add_argument("--chars", type=int, default=1_500, help="answer length (about)")
     parser.add_argument("--tokens-per-second", type=float, default=30.0)
     parser.add_argument("--first-token", type=float, default=0.5,
@@ -1086,7 +1304,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.chars, args.stagger, args.grace = [10], 300, 0.2, 15.0
-    if args.drafts is None:
+    if args.platform == "discord":
+        if args.drafts:
+            parser.error("--drafts: Discord has no drafts")
+        args.drafts = False
+    elif args.drafts is None:
         args.drafts = args.quick
     return args
 

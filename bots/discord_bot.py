@@ -48,10 +48,11 @@ log = logging.getLogger(__name__)
 
 NO_MENTIONS = discord.AllowedMentions.none()
 TEXTS = ReplyTexts(busy="⏳ Still answering your previous question — press Stop on it first.")
-# Discord counts content in code points. 1 edit/s per answer is what llmcord uses; discord.py
-# also waits out each route's bucket before a request, so bursts never become 429s. Typing
-# lasts ~10 s, refreshed every 8.
-PROFILE = PlatformProfile("discord", 2000, LengthUnit.CODEPOINT, edit_interval=1.0,
+# Discord counts content in code points. Message writes share a per-channel bucket, observed
+# at 5 per 5 s: one edit a second would empty it exactly, and discord.py then holds the next
+# edit for the whole reset (~5 s stalls, bench/bench_streaming.py). 1.25 s keeps a slot spare.
+# Typing lasts ~10 s, refreshed every 8.
+PROFILE = PlatformProfile("discord", 2000, LengthUnit.CODEPOINT, edit_interval=1.25,
                           typing_interval=8.0, texts=TEXTS)
 # Interaction tokens live 15 minutes; stop using one a minute early so no edit races expiry.
 TOKEN_LIFETIME = 14 * 60.0

@@ -365,8 +365,10 @@ class StreamingReply:
     async def _keep_typing(self) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             while not self._finished:
-                with contextlib.suppress(RetryLater, DeliveryError):
+                try:
                     await self._sink.typing()
+                except Exception as exc:  # cosmetic: a failure must not end the indicator
+                    log.debug("typing not shown: %s", type(exc).__name__)
                 await self._sleep(self._profile.typing_interval)
 
     def _mark_visible(self) -> None:

@@ -156,7 +156,7 @@ def assert_no_pings(fake: FakeDiscord) -> None:
 
 async def test_ask_is_deferred_then_streamed_into_the_original_response(make_rig) -> None:
     rig: Rig = await make_rig()
-    question = "what is RTX? [len=1500] [delay=0.004]"
+    question = "what is RTX? [len=1500] [delay=0.01]"
     interaction = await rig.fake.dispatch_slash_command("ask", {"question": question})
     await interaction.wait_acked(timeout=3)
     assert interaction.response_type == 5  # deferred: "rtx_relay is thinking…"
