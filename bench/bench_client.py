@@ -45,6 +45,7 @@ from tests.replica.launcher import Replica  # noqa: E402
 
 sys.path.insert(0, str(BENCH_DIR))
 from _measure import SPAWN_ENV  # noqa: E402
+from _table import fmt, print_table, ratio  # noqa: E402
 
 OURS = "rtxrelay"
 THEIRS = "gradio_client"
@@ -207,25 +208,8 @@ METRICS: list[Metric] = [
 ]
 
 
-def fmt(value: float) -> str:
-    if value is None or math.isnan(value):
-        return "-"
-    size = abs(value)
-    if size >= 100:
-        return f"{value:,.0f}"
-    if size >= 10:
-        return f"{value:.1f}"
-    if size >= 1:
-        return f"{value:.2f}"
-    if size >= 0.01:
-        return f"{value:.3f}"
-    return f"{value:.4f}"
 
 
-def ratio(theirs: float, ours: float) -> str:
-    if math.isnan(theirs) or math.isnan(ours) or ours == 0:
-        return "-"
-    return f"{theirs / ours:.2f}x"
 
 
 def median(runs: list[Run], metric: Callable[[Run, int], float], tokens: int) -> float:
@@ -233,14 +217,6 @@ def median(runs: list[Run], metric: Callable[[Run, int], float], tokens: int) ->
     return statistics.median(values) if values else math.nan
 
 
-def print_table(rows: list[tuple[str, str, str, str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for n, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:],
-                                                                          strict=True)]
-        print(" | ".join(cells).rstrip())
-        if n == 0:
-            print("-+-".join("-" * w for w in widths))
 
 
 # (title, metric) of the by-length overview printed after the per-length tables.

@@ -62,6 +62,7 @@ import discord  # noqa: E402
 import discord.gateway  # noqa: E402
 import discord.http  # noqa: E402
 import yarl  # noqa: E402
+from _table import fmt, print_table, ratio  # noqa: E402
 from aiohttp import web  # noqa: E402
 
 from rtxrelay.bots.discord_bot import (  # noqa: E402
@@ -649,27 +650,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
-def fmt(value: float) -> str:
-    if math.isnan(value):
-        return "-"
-    if math.isinf(value):
-        return "none"  # no callback before the stop
-    size = abs(value)
-    if size >= 100:
-        return f"{value:,.0f}"
-    if size >= 10:
-        return f"{value:.1f}"
-    if size >= 1:
-        return f"{value:.2f}"
-    return f"{value:.3f}"
 
 
-def ratio(theirs: float, ours: float) -> str:
-    if any(math.isnan(v) or math.isinf(v) for v in (theirs, ours)):
-        return "-"
-    if ours == 0:
-        return "-" if theirs == 0 else "inf"
-    return f"{theirs / ours:.2f}x"
 
 
 def count(n: int, size: int) -> str:
@@ -730,14 +712,6 @@ def rows_for(size: int, ours: Run, theirs: Run) -> list[tuple[str, str, str, str
     return rows
 
 
-def print_table(rows: list[tuple[str, str, str, str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for n, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:],
-                                                                          strict=True)]
-        print(" | ".join(cells).rstrip())
-        if n == 0:
-            print("-+-".join("-" * w for w in widths))
 
 
 def report(runs: list[Run], args: argparse.Namespace) -> int:

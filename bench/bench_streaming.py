@@ -64,6 +64,7 @@ import discord.gateway  # noqa: E402
 import discord.http  # noqa: E402
 import psutil  # noqa: E402
 import yarl  # noqa: E402
+from _table import fmt, print_table, ratio  # noqa: E402
 from aiohttp import ClientError  # noqa: E402
 from telegram import Bot  # noqa: E402
 from telegram.error import BadRequest, RetryAfter, TelegramError  # noqa: E402
@@ -1081,25 +1082,8 @@ def spawn(args: argparse.Namespace, contender: str, size: int, workdir: Path) ->
     return result
 
 
-def fmt(value: float) -> str:
-    if value is None or math.isnan(value):
-        return "-"
-    size = abs(value)
-    if size >= 100 or (value == int(value) and size >= 1):
-        return f"{value:,.0f}"
-    if size >= 10:
-        return f"{value:.1f}"
-    if size >= 1:
-        return f"{value:.2f}"
-    if size >= 0.01:
-        return f"{value:.3f}"
-    return "0" if value == 0 else f"{value:.4f}"
 
 
-def ratio(theirs: float, ours: float) -> str:
-    if math.isnan(theirs) or math.isnan(ours) or ours == 0:
-        return "-"
-    return f"{theirs / ours:.2f}x"
 
 
 Row = tuple[str, Callable[[dict[str, Any]], float | str], bool]  # label, value, ratio?
@@ -1172,14 +1156,6 @@ def rows_for(runs: Sequence[dict[str, Any]]) -> list[Row]:
     return rows
 
 
-def print_table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for n, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:],
-                                                                          strict=True)]
-        print(" | ".join(cells).rstrip())
-        if n == 0:
-            print("-+-".join("-" * w for w in widths))
 
 
 def report_size(size: int, runs: dict[str, dict[str, Any]], contenders: Sequence[str]) -> None:
