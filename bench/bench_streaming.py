@@ -70,6 +70,7 @@ from telegram import Bot  # noqa: E402
 from telegram.error import BadRequest, RetryAfter, TelegramError  # noqa: E402
 from telegram.request import HTTPXRequest  # noqa: E402
 
+from rtxrelay.bots import discord_bot, telegram_bot  # noqa: E402
 from rtxrelay.bots.discord_bot import PROFILE as DISCORD_PROFILE  # noqa: E402
 from rtxrelay.bots.discord_bot import DiscordSink, control_view  # noqa: E402
 from rtxrelay.bots.telegram_bot import (  # noqa: E402
@@ -80,6 +81,7 @@ from rtxrelay.bots.telegram_bot import (  # noqa: E402
     TelegramSink,
 )
 from rtxrelay.core.conversation import Finished, Partial, ReplyUpdate, Thinking  # noqa: E402
+from rtxrelay.core.ratelimit import SlidingWindowLimiter  # noqa: E402
 from rtxrelay.core.store import TurnStatus  # noqa: E402
 from rtxrelay.core.streaming import (  # noqa: E402
     MessageSink,
@@ -261,6 +263,8 @@ class Platform(Protocol):
     async def make_chats(self, kinds: Sequence[str]) -> list[Chat]: ...
     def profile(self, chat: Chat, *, drafts: bool) -> PlatformProfile: ...
     def sink(self, chat: Chat) -> MessageSink: ...
+    # The bot-wide rate the shipped bot shares between its replies.
+    bot_wide_edits: tuple[int, float]
 
     # The naive bot's calls; 429 raises RetryLater, "not modified" is success.
     async def naive_send(self, chat: Chat, text: str) -> object: ...
@@ -338,6 +342,7 @@ KIND_ORDER = ("private", "group", "channel")
 
 class TelegramPlatform:
     name = "telegram"
+    bot_wide_edits = telegram_bot.BOT_WIDE_EDITS
     kinds = ("private", "group")
 
     def __init__(self, pool_size: int = DEFAULT_POOL_SIZE,
@@ -561,6 +566,8 @@ class DiscordPlatform:
                 chat.chat_id, type=discord.ChannelType.text)
         return chats
 
+    bot_wide_edits = discord_bot.BOT_WIDE_EDITS
+
     def profile(self, chat: Chat, *, drafts: bool) -> PlatformProfile:
         return DISCORD_PROFILE
 
@@ -652,10 +659,17 @@ class Conversation:
     error: str | None = None
 
 
+# One bot-wide budget per platform (per run: each run is its own worker process), as the bot
+# keeps one for all its replies.
+_budgets: dict[int, SlidingWindowLimiter] = {}
+
+
 async def run_rtxrelay(platform: Platform, conv: Conversation,
                        updates: AsyncIterator[ReplyUpdate], *, drafts: bool) -> None:
     profile = platform.profile(conv.chat, drafts=drafts)
-    outcome = await StreamingReply(platform.sink(conv.chat), profile).run(updates)
+    budget = _budgets.setdefault(id(platform), SlidingWindowLimiter(*platform.bot_wide_edits))
+    reply = StreamingReply(platform.sink(conv.chat), profile, shared_budget=budget)
+    outcome = await reply.run(updates)
     conv.rate_limited = outcome.rate_limited
 
 

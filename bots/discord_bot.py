@@ -54,6 +54,9 @@ TEXTS = ReplyTexts(busy="⏳ Still answering your previous question — press St
 # Typing lasts ~10 s, refreshed every 8.
 PROFILE = PlatformProfile("discord", 2000, LengthUnit.CODEPOINT, edit_interval=1.25,
                           typing_interval=8.0, texts=TEXTS)
+# Discord allows 50 requests/s per bot; interim edits of all answers together stay under 40 so
+# acknowledgements, final texts and typing always have room.
+BOT_WIDE_EDITS = (40, 1.0)
 # Interaction tokens live 15 minutes; stop using one a minute early so no edit races expiry.
 TOKEN_LIFETIME = 14 * 60.0
 ACK_DEADLINE = 3.0  # seconds Discord gives to acknowledge an interaction
@@ -302,6 +305,7 @@ class DiscordBot:
         self._sleep = sleep
         self._limiter = SlidingWindowLimiter(*settings.user_rate, clock=clock)
         self._inflight = InFlight()
+        self._budget = SlidingWindowLimiter(*BOT_WIDE_EDITS, clock=clock)
         # Acknowledgements have Discord's 3 s deadline; answers do not. In a burst, answers
         # wait until no acknowledgement is pending (see _acking / _after_acks).
         self._acks_pending = 0
@@ -524,7 +528,7 @@ class DiscordBot:
                       question: str | None, *, placeholder_shown: bool = False) -> None:
         """Answer ``question`` (None: ask the last one again) into ``sink``."""
         reply = StreamingReply(sink, PROFILE, clock=self._clock, sleep=self._sleep,
-                               placeholder_shown=placeholder_shown)
+                               placeholder_shown=placeholder_shown, shared_budget=self._budget)
         with self._inflight.track() as stop:
             await self._after_acks()
             updates: AsyncIterator[ReplyUpdate] = (

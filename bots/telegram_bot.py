@@ -68,6 +68,9 @@ GROUP = PlatformProfile("telegram-group", 4096, LengthUnit.UTF16, edit_interval=
 # the queue (work per request grows with connections x waiting requests, encode/httpcore#1035)
 # and a burst of answers times out instead of moving; bench/bench_streaming.py measures it.
 MAX_IN_FLIGHT = 32
+# The Bot FAQ's bot-wide pace is about 30 messages/s; interim edits of all answers together stay
+# under 25 so final texts and commands keep room.
+BOT_WIDE_EDITS = (25, 1.0)
 COMMANDS = [
     BotCommand("ask", "Ask Chat with RTX a question"),
     BotCommand("reset", "Start a new conversation"),
@@ -224,6 +227,7 @@ class TelegramBot:
         self._sleep = sleep
         self._limiter = SlidingWindowLimiter(*settings.user_rate, clock=clock)
         self._inflight = InFlight()
+        self._budget = SlidingWindowLimiter(*BOT_WIDE_EDITS, clock=clock)
         self._drafts_refused = False  # the Bot API server has no drafts: edit from the start
         self.application = self._build()
 
@@ -339,7 +343,8 @@ class TelegramBot:
         thread = message.message_thread_id if message.is_topic_message else None
         sink = TelegramSink(context.bot, chat.id, reply_to=None if private else message.message_id,
                             thread_id=thread, draft_id=message.message_id)
-        reply = StreamingReply(sink, profile, clock=self._clock, sleep=self._sleep)
+        reply = StreamingReply(sink, profile, clock=self._clock, sleep=self._sleep,
+                               shared_budget=self._budget)
         with self._inflight.track() as stop:
             updates: AsyncIterator[ReplyUpdate] = (
                 self._service.retry(key, stop=stop) if question is None

@@ -23,9 +23,11 @@ from typing import Protocol
 
 from .conversation import Busy, Finished, Partial, Rejected, ReplyUpdate, Thinking, Waiting
 from .paging import LengthUnit, Pager, split_pages
+from .ratelimit import SlidingWindowLimiter
 from .store import TurnStatus
 
 log = logging.getLogger(__name__)
+_BOT_WIDE = "bot"  # the one key of a shared budget
 
 
 class RetryLater(Exception):
@@ -119,11 +121,15 @@ class StreamingReply:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         placeholder_shown: bool = False,
+        shared_budget: SlidingWindowLimiter | None = None,
     ) -> None:
         """``placeholder_shown``: the platform already shows a waiting state (Discord's
-        deferred "is thinking…"), so no "starting" status is sent."""
+        deferred "is thinking…"), so no "starting" status is sent. ``shared_budget``: the
+        bot-wide rate of the platform (Discord: 50 requests/s per bot), shared by every reply
+        of one bot; interim frames wait for it, final texts are counted but never held."""
         self._sink = sink
         self._placeholder_shown = placeholder_shown
+        self._budget = shared_budget
         self._profile = profile
         self._clock = clock
         self._sleep = sleep
@@ -219,6 +225,14 @@ class StreamingReply:
             self._dirty.clear()
             frame, self._latest = self._latest, None
             if frame is None:
+                continue
+            wait = self._budget.check(_BOT_WIDE) if self._budget is not None else 0.0
+            if wait > 0:
+                # The bot as a whole is at the platform's rate: this frame waits its turn.
+                self._next_edit = self._clock() + wait
+                if self._latest is None:
+                    self._latest = frame
+                self._dirty.set()
                 continue
             self._in_request = True
             try:
@@ -334,6 +348,8 @@ class StreamingReply:
                     # The final text keeps to the same budget as interim edits: sent the instant
                     # after the last edit, it is exactly the request that draws a 429.
                     await self._sleep(max(0.0, self._next_edit - self._clock()))
+                if self._budget is not None and self._needs_request(index, page):
+                    self._budget.check(_BOT_WIDE)  # counted, never held: the final must land
                 try:
                     await self._deliver_final(index, page)
                     self._next_edit = self._clock() + self._profile.edit_interval

@@ -206,3 +206,24 @@ async def test_a_failed_placeholder_never_loses_the_answer() -> None:
         stream(clock, text))
     assert outcome.final_landed and outcome.status == "complete"
     assert "".join(sink.messages.values()).split() == text.split()
+
+
+async def test_a_shared_budget_paces_interim_frames_across_replies() -> None:
+    from rtxrelay.core.ratelimit import SlidingWindowLimiter
+
+    clock = VirtualClock()
+    budget = SlidingWindowLimiter(2, 1.0, clock=clock)  # the bot's global rate: 2 writes/s
+    sinks = [RecordingSink(clock) for _ in range(4)]
+    text = fake_model.answer_text("shared [len=800]", [])
+    outcomes = await asyncio.gather(*(
+        StreamingReply(sink, PROFILE, clock=clock, sleep=clock.sleep,
+                       shared_budget=budget).run(stream(clock, text))
+        for sink in sinks))
+    assert all(o.final_landed for o in outcomes)
+    for sink in sinks:
+        assert " ".join(sink.messages.values()).split() == text.split()
+    interim = sorted(t for sink in sinks for t, kind, _, _, final in sink.log
+                     if not final and kind == "edit")
+    # Four replies at 1 edit/s each would make 4 edits a second; the budget allows 2.
+    for start in interim:
+        assert sum(1 for t in interim if start <= t < start + 1.0) <= 2
