@@ -143,11 +143,14 @@ class WorkFirstBot(DiscordBot):
             return
         key = self._key(interaction.user, interaction.guild, interaction.channel_id)
         # Same checks as rtxrelay (every asker here is a new member, so none is refused).
-        if self._service.is_busy(key) or self._limiter.check(str(interaction.user.id)) > 0:
+        if self._service.is_busy(key) or self._replies.wait_for(str(interaction.user.id)) > 0:
             await interaction.response.send_message(TEXTS.busy, ephemeral=True,
                                                     allowed_mentions=NO_MENTIONS)
             return
-        with self._inflight.track() as stop:
+        # Reaches into Replies (bench only) to stream an answer whose first update it already
+        # consumed, tracked and budgeted like the shipped bot's.
+        replies = self._replies
+        with replies._inflight.track() as stop:
             updates = self._service.ask(key, question, stop=stop)
             # The mistake: SQLite reads and writes and the job queue run before the deferral.
             first = await anext(updates)
@@ -163,8 +166,8 @@ class WorkFirstBot(DiscordBot):
             sink = self._sink(channel, interaction if deferred else None,
                               original_pending=deferred, reply_to=None,
                               asker=interaction.user.id)
-            reply = StreamingReply(sink, PROFILE, clock=self._clock, sleep=self._sleep,
-                                   placeholder_shown=deferred)
+            reply = StreamingReply(sink, PROFILE, clock=self._clock, placeholder_shown=deferred,
+                                   shared_budget=replies._bot_wide)
             await reply.run(_prepend(first, updates))
 
 
@@ -512,7 +515,7 @@ async def warm_up(fake: FakeProcess, bot: DiscordBot, service: ConversationServi
     key = ConversationKey("discord", f"guild-{fake.guild_id}", uid)
     await _wait_for(lambda: service.is_busy(key), 10, "the warm-up answer to start")
     service.cancel(key)
-    await _wait_for(lambda: not len(bot._inflight), 10, "the warm-up answer to stop")
+    await _wait_for(lambda: not len(bot._replies), 10, "the warm-up answer to stop")
 
 
 async def settle(service: ConversationService, keys: list[ConversationKey],
@@ -570,7 +573,7 @@ async def stop_bot(run: Run, bot: DiscordBot, stop: asyncio.Event, task: asyncio
     except Exception as exc:  # the bot died: report it, keep the other runs
         run.error = f"bot failed: {exc!r}"
     run.shutdown_s = time.monotonic() - started
-    run.left_running = len(bot._inflight)
+    run.left_running = len(bot._replies)
 
 
 async def cancel_leftovers(timeout: float = 10.0) -> None:

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,12 +28,12 @@ import discord
 from discord import app_commands
 
 from rtxrelay.core.config import Settings, env_reader
-from rtxrelay.core.conversation import ConversationService, ReplyUpdate
+from rtxrelay.core.conversation import ConversationService
 from rtxrelay.core.errors import ConfigError
-from rtxrelay.core.inflight import InFlight
 from rtxrelay.core.paging import LengthUnit, close_open_fence
-from rtxrelay.core.ratelimit import SlidingWindowLimiter, parse_rate
+from rtxrelay.core.ratelimit import parse_rate
 from rtxrelay.core.render import to_discord_markdown
+from rtxrelay.core.replies import Replies
 from rtxrelay.core.store import ConversationKey
 from rtxrelay.core.streaming import (
     DeliveryError,
@@ -41,7 +41,6 @@ from rtxrelay.core.streaming import (
     PlatformProfile,
     ReplyTexts,
     RetryLater,
-    StreamingReply,
 )
 
 log = logging.getLogger(__name__)
@@ -301,11 +300,9 @@ class DiscordBot:
     ) -> None:
         self._service = service
         self._settings = settings
-        self._clock = clock
-        self._sleep = sleep
-        self._limiter = SlidingWindowLimiter(*settings.user_rate, clock=clock)
-        self._inflight = InFlight()
-        self._budget = SlidingWindowLimiter(*BOT_WIDE_EDITS, clock=clock)
+        self._clock = clock  # interaction-token expiry
+        self._replies = Replies(service, user_rate=settings.user_rate,
+                                bot_wide_edits=BOT_WIDE_EDITS, clock=clock, sleep=sleep)
         # Acknowledgements have Discord's 3 s deadline; answers do not. In a burst, answers
         # wait until no acknowledgement is pending (see _acking / _after_acks).
         self._acks_pending = 0
@@ -345,7 +342,7 @@ class DiscordBot:
 
     async def finish_replies(self, timeout: float = 30.0) -> None:
         """Stop every answer in flight (started or not); each lands its text as 'Stopped'."""
-        await self._inflight.stop_all(timeout)
+        await self._replies.stop_all(timeout)
 
     @contextlib.contextmanager
     def _acking(self) -> Iterator[None]:
@@ -411,7 +408,7 @@ class DiscordBot:
             if self._service.is_busy(key):
                 await _tell(interaction, TEXTS.busy)
                 return
-            wait = self._limiter.check(str(interaction.user.id))
+            wait = self._replies.wait_for(str(interaction.user.id))
             if wait > 0:
                 await _tell(interaction, _slow_down(wait))
                 return
@@ -459,7 +456,7 @@ class DiscordBot:
         if self._service.is_busy(key):
             await self._say(message, TEXTS.busy)
             return
-        wait = self._limiter.check(str(message.author.id))
+        wait = self._replies.wait_for(str(message.author.id))
         if wait > 0:
             await self._say(message, _slow_down(wait))
             return
@@ -527,25 +524,17 @@ class DiscordBot:
     async def _stream(self, sink: DiscordSink, key: ConversationKey, asker: int,
                       question: str | None, *, placeholder_shown: bool = False) -> None:
         """Answer ``question`` (None: ask the last one again) into ``sink``."""
-        reply = StreamingReply(sink, PROFILE, clock=self._clock, sleep=self._sleep,
-                               placeholder_shown=placeholder_shown, shared_budget=self._budget)
-        with self._inflight.track() as stop:
-            await self._after_acks()
-            updates: AsyncIterator[ReplyUpdate] = (
-                self._service.retry(key, stop=stop) if question is None
-                else self._service.ask(key, question, stop=stop)
-            )
-            try:
-                outcome = await reply.run(updates)
-            except discord.HTTPException as exc:
-                log.warning("could not deliver a reply: HTTP %s (code %s)", exc.status, exc.code)
-                return
-            log.info("discord reply %s: %d edits, %d sends, %d rate-limited", outcome.status,
-                     outcome.edits, outcome.sends, outcome.rate_limited)
-            if outcome.final_landed and outcome.handles and outcome.status in (
-                "complete", "failed", "interrupted"
-            ):
-                await sink.set_view(outcome.handles[-1], control_view("retry", asker))
+        await self._after_acks()
+        try:
+            outcome = await self._replies.answer(sink, PROFILE, key, question,
+                                                 placeholder_shown=placeholder_shown)
+        except discord.HTTPException as exc:
+            log.warning("could not deliver a reply: HTTP %s (code %s)", exc.status, exc.code)
+            return
+        if outcome.final_landed and outcome.handles and outcome.status in (
+            "complete", "failed", "interrupted"
+        ):
+            await sink.set_view(outcome.handles[-1], control_view("retry", asker))
 
     # -- who, where, which conversation -----------------------------------------------------------
 

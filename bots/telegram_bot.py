@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -38,12 +38,12 @@ from telegram.ext import (
 from telegram.request import HTTPXRequest
 
 from rtxrelay.core.config import Settings, env_reader
-from rtxrelay.core.conversation import ConversationService, ReplyUpdate
+from rtxrelay.core.conversation import ConversationService
 from rtxrelay.core.errors import ConfigError
-from rtxrelay.core.inflight import InFlight
 from rtxrelay.core.paging import LengthUnit
-from rtxrelay.core.ratelimit import SlidingWindowLimiter, parse_rate
+from rtxrelay.core.ratelimit import parse_rate
 from rtxrelay.core.render import to_plain_text, to_telegram_html
+from rtxrelay.core.replies import Replies
 from rtxrelay.core.store import ConversationKey
 from rtxrelay.core.streaming import (
     DeliveryError,
@@ -51,7 +51,6 @@ from rtxrelay.core.streaming import (
     PlatformProfile,
     ReplyTexts,
     RetryLater,
-    StreamingReply,
 )
 
 log = logging.getLogger(__name__)
@@ -223,11 +222,8 @@ class TelegramBot:
     ) -> None:
         self._service = service
         self._settings = settings
-        self._clock = clock
-        self._sleep = sleep
-        self._limiter = SlidingWindowLimiter(*settings.user_rate, clock=clock)
-        self._inflight = InFlight()
-        self._budget = SlidingWindowLimiter(*BOT_WIDE_EDITS, clock=clock)
+        self._replies = Replies(service, user_rate=settings.user_rate,
+                                bot_wide_edits=BOT_WIDE_EDITS, clock=clock, sleep=sleep)
         self._drafts_refused = False  # the Bot API server has no drafts: edit from the start
         self.application = self._build()
 
@@ -270,7 +266,7 @@ class TelegramBot:
 
     async def finish_replies(self, timeout: float = 30.0) -> None:
         """Stop every answer in flight; each reply then lands its text as 'Stopped'."""
-        await self._inflight.stop_all(timeout)
+        await self._replies.stop_all(timeout)
 
     # -- handlers ---------------------------------------------------------------------------------
 
@@ -330,7 +326,7 @@ class TelegramBot:
                 await message.reply_text("Sorry, this bot is private.")
             return
         key = self._key(update)
-        wait = self._limiter.check(f"{update.effective_user.id}")
+        wait = self._replies.wait_for(str(update.effective_user.id))
         if wait > 0:
             await message.reply_text(f"Slow down a little — try again in {int(wait) + 1} s.")
             return
@@ -343,21 +339,12 @@ class TelegramBot:
         thread = message.message_thread_id if message.is_topic_message else None
         sink = TelegramSink(context.bot, chat.id, reply_to=None if private else message.message_id,
                             thread_id=thread, draft_id=message.message_id)
-        reply = StreamingReply(sink, profile, clock=self._clock, sleep=self._sleep,
-                               shared_budget=self._budget)
-        with self._inflight.track() as stop:
-            updates: AsyncIterator[ReplyUpdate] = (
-                self._service.retry(key, stop=stop) if question is None
-                else self._service.ask(key, question, stop=stop)
-            )
-            try:
-                outcome = await reply.run(updates)
-            except TelegramError as exc:
-                log.warning("could not deliver a reply: %s", type(exc).__name__)
-                return
+        try:
+            outcome = await self._replies.answer(sink, profile, key, question)
+        except TelegramError as exc:
+            log.warning("could not deliver a reply: %s", type(exc).__name__)
+            return
         self._drafts_refused |= outcome.drafts_refused
-        log.info("telegram reply %s: %d edits, %d sends, %d rate-limited", outcome.status,
-                 outcome.edits, outcome.sends, outcome.rate_limited)
 
     def _key(self, update: Update) -> ConversationKey:
         chat = update.effective_chat

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level if args.command == "run" else "WARNING",
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    log_redaction.install(log_redaction.secrets_of(dict(settings.extra)) + _cookie(settings))
+    log_redaction.install(log_redaction.secrets_of(settings.extra) + _cookie(settings))
     command: Callable[[Settings, argparse.Namespace], int] = args.handler
     try:
         return command(settings, args)

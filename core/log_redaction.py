@@ -9,7 +9,7 @@ replaces each configured secret in the finished text, tracebacks included.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 MASK = "***"
 _MIN_SECRET = 8  # shorter values (e.g. "1") would blank out ordinary words
@@ -30,10 +30,8 @@ class RedactingFormatter(logging.Formatter):
         return text
 
 
-def secrets_of(values: dict[str, str] | object) -> list[str]:
-    """The secret settings among raw values: bot tokens (and their secret halves) and the
-    Chat with RTX session cookie."""
-    raw = dict(values) if isinstance(values, dict) else {}
+def secrets_of(raw: Mapping[str, str]) -> list[str]:
+    """The secret settings among raw values: the bot tokens and their secret halves."""
     found: list[str] = []
     for name in ("TELEGRAM_TOKEN", "DISCORD_TOKEN"):
         token = (raw.get(name) or "").strip()

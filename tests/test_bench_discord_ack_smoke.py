@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench_discord_ack.py"
+from tests.bench_run import run_quick
+
 TABLE_HEADER = re.compile(
     r"^metric\s+\|\s+rtxrelay\s+\|\s+work-first\s+\|\s+ratio \(work-first / rtxrelay\)$",
     re.MULTILINE,
@@ -15,15 +13,7 @@ TABLE_HEADER = re.compile(
 
 
 def test_discord_ack_bench_quick_run_prints_the_table() -> None:
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--quick"],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=110,
-        check=False,
-        cwd=BENCH.parent.parent,
-    )
+    done = run_quick("bench_discord_ack.py")
     output = done.stdout + done.stderr
     # Exit 0 means every rtxrelay /ask was deferred (type 5) within Discord's 3 s.
     assert done.returncode == 0, output[-4000:]

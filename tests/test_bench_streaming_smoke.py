@@ -4,11 +4,9 @@ assertions."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench_streaming.py"
+from tests.bench_run import run_quick
+
 TABLE_HEADER = re.compile(
     r"^metric\s+\|\s+rtxrelay\s+\|\s+naive\s+\|\s+ratio \(naive / rtxrelay\)"
     r"\s+\|\s+rtxrelay-drafts$",
@@ -24,20 +22,8 @@ ALL_DELIVERED = re.compile(
 )
 
 
-def _quick(*extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(BENCH), "--quick", *extra],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=110,
-        check=False,
-        cwd=BENCH.parent.parent,
-    )
-
-
 def test_streaming_bench_quick_run_prints_the_table() -> None:
-    done = _quick()
+    done = run_quick("bench_streaming.py")
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     assert TABLE_HEADER.search(done.stdout), output[-4000:]
@@ -46,7 +32,7 @@ def test_streaming_bench_quick_run_prints_the_table() -> None:
 
 
 def test_streaming_bench_quick_run_on_discord() -> None:
-    done = _quick("--platform", "discord")
+    done = run_quick("bench_streaming.py", "--platform", "discord")
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     assert DISCORD_TABLE_HEADER.search(done.stdout), output[-4000:]

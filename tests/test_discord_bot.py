@@ -79,7 +79,7 @@ class Rig:
 
     async def settled(self, timeout: float = 20) -> None:
         """Every answer finished, including its final Retry-button edit."""
-        await self.wait(lambda: not len(self.bot._inflight), timeout)
+        await self.wait(lambda: not len(self.bot._replies), timeout)
 
 
 @pytest.fixture

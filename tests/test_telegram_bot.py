@@ -126,7 +126,7 @@ async def test_long_answer_is_paged_with_fences_intact(make_rig) -> None:
     want = expected(question)
     await rig.fake.wait_until(
         lambda: want.split()[-1] in rig.fake.chat_text(user["id"])
-        and not len(rig.bot._inflight), timeout=30)
+        and not len(rig.bot._replies), timeout=30)
     pages = rig.fake.bot_messages(user["id"])
     assert len(pages) >= 3
     for page in pages:
@@ -167,6 +167,9 @@ async def test_busy_cancel_reset_and_retry(make_rig) -> None:
     await final_text(rig.fake, chat, "New conversation")
     rig.fake.inject_private_text(user, "after reset [recall]")
     await final_text(rig.fake, chat, expected("after reset [recall]")[-20:])
+    # The tail can show in an interim frame already; /retry asked before the answer has
+    # landed would (rightly) get "still answering".
+    await rig.fake.wait_until(lambda: not len(rig.bot._replies), timeout=20)
     rig.fake.inject_private_text(user, "/retry")
     await rig.fake.wait_until(lambda: rig.fake.chat_text(chat).count("after reset") >= 2,
                               timeout=20)
@@ -200,7 +203,7 @@ async def test_refused_drafts_fall_back_to_editing_a_message(make_rig) -> None:
     refused = len(rig.fake.calls_to("sendMessageDraft"))
     rig.fake.inject_private_text(user, "again [len=800]")
     await final_text(rig.fake, user["id"], "again")
-    await rig.fake.wait_until(lambda: not len(rig.bot._inflight), timeout=20)
+    await rig.fake.wait_until(lambda: not len(rig.bot._replies), timeout=20)
     assert len(rig.fake.calls_to("sendMessageDraft")) == refused, "no drafts tried again"
 
 

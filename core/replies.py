@@ -1,0 +1,77 @@
+"""What every bot does with a question, in one place: stream the service's answer into the
+adapter's sink through ``StreamingReply``.
+
+A bot keeps one ``Replies``: it holds the per-user question limit, the bot-wide edit budget
+that all of the bot's answers share, and the answers in flight so that shutting down stops
+every one of them. Adapters only build the sink and pick the profile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from .conversation import ConversationService, ReplyUpdate
+from .inflight import InFlight
+from .ratelimit import SlidingWindowLimiter
+from .store import ConversationKey
+from .streaming import MessageSink, PlatformProfile, ReplyOutcome, StreamingReply
+
+log = logging.getLogger(__name__)
+
+
+class Replies:
+    def __init__(
+        self,
+        service: ConversationService,
+        *,
+        user_rate: tuple[int, float],
+        bot_wide_edits: tuple[int, float],
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.service = service
+        self._clock = clock
+        self._sleep = sleep
+        self._per_user = SlidingWindowLimiter(*user_rate, clock=clock)
+        self._bot_wide = SlidingWindowLimiter(*bot_wide_edits, clock=clock)
+        self._inflight = InFlight()
+
+    def __len__(self) -> int:
+        """Answers being streamed now."""
+        return len(self._inflight)
+
+    def wait_for(self, user: str) -> float:
+        """Record a question from ``user``; 0 if allowed, else the seconds to wait."""
+        return self._per_user.check(user)
+
+    async def answer(
+        self,
+        sink: MessageSink,
+        profile: PlatformProfile,
+        key: ConversationKey,
+        question: str | None,
+        *,
+        placeholder_shown: bool = False,
+    ) -> ReplyOutcome:
+        """Answer ``question`` (None: ask the conversation's last question again). Delivery
+        errors the engine cannot absorb propagate to the adapter, which knows their types."""
+        reply = StreamingReply(sink, profile, clock=self._clock, sleep=self._sleep,
+                               placeholder_shown=placeholder_shown,
+                               shared_budget=self._bot_wide)
+        with self._inflight.track() as stop:
+            updates: AsyncIterator[ReplyUpdate] = (
+                self.service.retry(key, stop=stop) if question is None
+                else self.service.ask(key, question, stop=stop)
+            )
+            outcome = await reply.run(updates)
+        log.info("%s reply %s: %d edits, %d sends, %d rate-limited", profile.name,
+                 outcome.status, outcome.edits, outcome.sends, outcome.rate_limited)
+        return outcome
+
+    async def stop_all(self, timeout: float = 30.0) -> None:
+        """Stop every answer (started or not) and wait, bounded, until each has landed its
+        text as 'Stopped'."""
+        await self._inflight.stop_all(timeout)
