@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from rtxrelay.bots import discord_bot
 from rtxrelay.bots.discord_bot import DiscordBot, DiscordSettings
 from rtxrelay.core.chatrtx import ChatRtxBackend
 from rtxrelay.core.chatrtx_html import convert_answer
@@ -173,6 +174,26 @@ async def test_ask_is_deferred_then_streamed_into_the_original_response(make_rig
     assert any(f"rtxrelay:stop:{alice}" in str(r.get("components")) for r in original.revisions)
     assert button_ids(original) == [f"rtxrelay:retry:{alice}"]
     assert_no_pings(rig.fake)
+
+
+async def test_a_burst_of_asks_shares_a_bounded_pool_of_connections(
+        make_rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    # discord.py's own pool is unbounded: a burst of N acknowledgements would open N
+    # connections to discord.com, each with a TLS handshake. The bot bounds it (4 here).
+    monkeypatch.setattr(discord_bot, "REST_CONNECTIONS", 4)
+    rig: Rig = await make_rig()
+    askers = [rig.fake.add_member(f"asker{i}") for i in range(24)]
+    interactions = [
+        await rig.fake.dispatch_slash_command("ask", {"question": f"q{i} [len=20]"}, user=u)
+        for i, u in enumerate(askers)]
+    for interaction in interactions:
+        await interaction.wait_acked(timeout=10)
+    assert {i.response_type for i in interactions} == {5}
+    assert all(i.callback_statuses == [200] for i in interactions)
+    # Every REST call so far (login, command sync, the 24 deferrals) came over <= 4 connections.
+    peers = {r.peer for r in rig.fake.requests}
+    assert "" not in peers
+    assert 1 <= len(peers) <= 4, sorted(peers)
 
 
 async def test_mention_and_dm_reply_and_stream(make_rig) -> None:

@@ -67,6 +67,11 @@ def _unknown_message() -> ApiError:
     return ApiError(404, 10008, "Unknown Message")
 
 
+def _peer(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return f"{peer[0]}:{peer[1]}" if peer else ""
+
+
 def _invalid_webhook_token() -> ApiError:
     return ApiError(401, 50027, "Invalid Webhook Token")
 
@@ -83,6 +88,7 @@ class RecordedRequest:
     json: Any
     headers: dict[str, str]
     time: float
+    peer: str = ""  # the client's host:port: one per TCP connection
     status: int = 0
     response: Any = None
     response_headers: dict[str, str] = field(default_factory=dict)
@@ -251,6 +257,13 @@ class FakeDiscord:
             uid: p.member(self._users_by_id[uid], roles, joined_at=joined)
             for uid, roles in self._member_roles.items()
         }
+
+    def add_member(self, name: str) -> Json:
+        """A new server member with no role; returns its user (pass it as ``user=``)."""
+        user = p.user(self._ids.next(), name, global_name=name.title())
+        self._users_by_id[user["id"]] = user
+        self._members[user["id"]] = p.member(user, [], joined_at=p.iso_now())
+        return user
 
     def _member(self, uid: str, *, with_user: bool) -> Json:
         m = dict(self._members[uid])
@@ -785,6 +798,7 @@ class FakeDiscord:
             body,
             dict(request.headers),
             self.clock(),
+            _peer(request),
         )
         bucket_hash, key = self._bucket(request, route)
         status, payload = 200, None
