@@ -1,29 +1,43 @@
-"""Discord ``/ask``: time from INTERACTION_CREATE to the deferral, N asks at once.
+"""Discord ``/ask``: time from INTERACTION_CREATE to the deferral, with 1,000 asks open at once.
 
-    .venv/bin/python bench/bench_discord_ack.py            # full: N = 1, 100, 1,000 x 3 (~1 min)
-    .venv/bin/python bench/bench_discord_ack.py --quick    # smoke: N = 20, one run (~2 s)
+    .venv/bin/python bench/bench_discord_ack.py            # full: ~7 min
+    .venv/bin/python bench/bench_discord_ack.py --quick    # smoke: 20 asks, 2 scenarios (~20 s)
 
 Discord drops an interaction that is not acknowledged within 3 s (a late callback is a 404,
-code 10062). The issue's goal: the deferral lands < 100 ms after INTERACTION_CREATE, even with
-1,000 asks at once. The fake Discord (tests/fakes/discord_api.py: gateway and REST over
-loopback, clock = time.monotonic) runs in a child process of its own (this file with
-``--serve-fake``; the bench drives it through a few JSON control routes), so the measuring
-process holds only what a user's machine runs: the real discord.py and one of two bots:
+code 10062). The issue's goal: the deferral goes out < 100 ms after INTERACTION_CREATE, at
+1,000 concurrent asks. Two ways to get 1,000 asks open at once:
 
-- **rtxrelay**: ``bots/discord_bot.DiscordBot`` as shipped; ``_on_ask`` defers first, then
-  persists the question, queues the job and streams through ``StreamingReply``;
+- **at once** (N = 1, 100, 1,000): every INTERACTION_CREATE back to back, the worst case;
+- **paced** (1,000 at 500, 250 and 100 asks/s): asks keep arriving while the earlier ones are
+  still open, in line behind the one job Chat with RTX runs at a time (each answer takes ~5 s),
+  so the last arrivals meet ~1,000 open asks, their queue-position edits and a streaming answer.
+
+Latency is measured at both ends: **sent** = the bot wrote its deferral to the socket (an
+aiohttp trace; both processes read the same system-wide monotonic clock), the bot's own part;
+**accepted** = the fake answered it, which adds the fake's own work (real Discord's is network
+and its servers). The fake Discord (tests/fakes/discord_api.py: gateway and REST, HTTPS and
+WSS with a throwaway CA like the real one's TLS; ``--plain`` for HTTP) runs in a child process
+of its own (this file with ``--serve-fake``, driven through a few JSON control routes), so the
+measuring process holds only what a user's machine runs: the real discord.py and one of
+three bots:
+
+- **rtxrelay**: ``bots/discord_bot.DiscordBot`` as shipped: ``_on_ask`` defers first, then
+  persists the question, queues the job and streams through ``StreamingReply``; its REST pool
+  is bounded (``REST_CONNECTIONS`` keep-alive connections);
+- **unbounded pool**: the same bot on discord.py's default pool (``TCPConnector(limit=0)``):
+  a burst opens a connection, and a TLS handshake, per concurrent request;
 - **work-first**: the common mistake, a ``DiscordBot`` subclass whose ``_on_ask`` does its own
   work before deferring: it writes the question to SQLite and waits for the conversation's
   first update (the queue position, or "started") — only then ``defer()``. This is the mildest
   form of the mistake: a bot that waited for the first *text* would miss every queued ask.
 
-Both share everything else: a synthetic backend that streams ~600 chars at ~30 tokens/s,
-``max_concurrent_jobs`` = 1 like Chat with RTX (most asks wait in line and show their position,
-so acknowledgements compete with streaming edits and queue-position updates), SQLite on disk.
-Per (bot, N, run): a fresh fake process, store and bot; one uncounted warm-up ask; then N
-distinct members send ``/ask`` as fast as the fake can dispatch. Once every ask has had its
-callback (or Discord's deadline has passed for all) and every ask is in line, the bot is stopped
-and its shutdown timed (``--stop-at-once`` skips the wait for "in line"). See bench/README.md.
+All share everything else: a synthetic backend that streams ~600 chars at ~30 tokens/s,
+``max_concurrent_jobs`` = 1 like Chat with RTX, SQLite on disk, and the process set-up of
+``rtxrelay run`` (``freeze_startup_objects``). Per (bot, scenario, run): a fresh fake process,
+store and bot; one uncounted warm-up ask; then the asks of N distinct members. Once every ask
+has had its callback (or Discord's deadline has passed for all) and every ask is in line, the
+bot is stopped and its shutdown timed (``--stop-at-once`` skips the wait for "in line"). The
+bots take turns going first. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -40,6 +54,7 @@ import math
 import os
 import platform
 import pstats
+import ssl
 import statistics
 import sys
 import tempfile
@@ -61,6 +76,7 @@ import aiohttp  # noqa: E402
 import discord  # noqa: E402
 import discord.gateway  # noqa: E402
 import discord.http  # noqa: E402
+import trustme  # noqa: E402
 import yarl  # noqa: E402
 from _table import fmt, print_table, ratio  # noqa: E402
 from aiohttp import web  # noqa: E402
@@ -71,6 +87,7 @@ from rtxrelay.bots.discord_bot import (  # noqa: E402
     TEXTS,
     DiscordBot,
     DiscordSettings,
+    rest_connector,
 )
 from rtxrelay.core.backend import (  # noqa: E402
     BackendInfo,
@@ -85,6 +102,7 @@ from rtxrelay.core.conversation import (  # noqa: E402
     ConversationService,
     ReplyUpdate,
 )
+from rtxrelay.core.runner import freeze_startup_objects  # noqa: E402
 from rtxrelay.core.store import ConversationKey  # noqa: E402
 from rtxrelay.core.streaming import StreamingReply  # noqa: E402
 from rtxrelay.storage.sqlite_store import SqliteStore  # noqa: E402
@@ -92,11 +110,16 @@ from tests.fakes import discord_payloads as payloads  # noqa: E402
 from tests.fakes.discord_api import FakeDiscord, InteractionRecord  # noqa: E402
 
 OURS = "rtxrelay"
+UNBOUNDED = "unbounded pool"
 WORK_FIRST = "work-first"
-VARIANTS = (OURS, WORK_FIRST)
-HEADER = ("metric", OURS, WORK_FIRST, "ratio (work-first / rtxrelay)")
+VARIANTS = (OURS, UNBOUNDED, WORK_FIRST)
+HEADER = ("metric", OURS, UNBOUNDED, WORK_FIRST, "unbounded / rtxrelay",
+          "work-first / rtxrelay")
 DEFAULT_SIZES = (1, 100, 1_000)
+DEFAULT_RATES = (500.0, 250.0, 100.0)  # asks/s, for the paced runs at the largest size
+BURST = 0.0  # rate of a burst: every INTERACTION_CREATE back to back
 QUICK_SIZE = 20
+QUICK_RATE = 200.0
 GOAL_MS = 100.0
 TOKEN = "bench-discord-token"
 DEFERRED = 5  # DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE: "rtx_relay is thinking…"
@@ -180,7 +203,8 @@ async def _prepend(
             yield update
 
 
-BOTS: dict[str, type[DiscordBot]] = {OURS: DiscordBot, WORK_FIRST: WorkFirstBot}
+BOTS: dict[str, type[DiscordBot]] = {OURS: DiscordBot, UNBOUNDED: DiscordBot,
+                                     WORK_FIRST: WorkFirstBot}
 
 
 # -- what one run measures ---------------------------------------------------------------------
@@ -189,9 +213,14 @@ BOTS: dict[str, type[DiscordBot]] = {OURS: DiscordBot, WORK_FIRST: WorkFirstBot}
 @dataclass
 class Run:
     variant: str
-    size: int  # asks in the burst (pooled: summed over the runs)
+    size: int  # asks in the run (pooled: summed over the runs)
+    rate: float = BURST  # asks/s dispatched; BURST: all back to back
     rep: int = 0
-    latencies_ms: list[float] = field(default_factory=list)  # inf = no callback before the stop
+    # INTERACTION_CREATE -> the bot wrote its deferral to the socket (both clocks are the
+    # system-wide monotonic one): the bot's own part. inf = no callback before the stop.
+    sent_ms: list[float] = field(default_factory=list)
+    # INTERACTION_CREATE -> the fake accepted the deferral: adds the fake's own time.
+    latencies_ms: list[float] = field(default_factory=list)
     deferred_in_time: int = 0  # callback 200 with type 5
     missed: int = 0  # callback 404 (10062): after Discord's 3 s
     no_callback: int = 0
@@ -201,6 +230,7 @@ class Run:
     cpu_s: float = math.nan  # the bot process's CPU over the same window
     fake_cpu_s: float = math.nan  # the fake Discord process's CPU over the same window
     rest_calls: int = 0  # REST requests the fake served in that window, callbacks included
+    connections: int = 0  # new client connections (TLS handshakes) the fake saw in that window
     in_line: int = 0  # asks whose conversation had started when the bot was stopped
     all_in_line: float = math.nan  # first dispatch -> every ask in line, s
     shutdown_s: float = math.nan
@@ -243,19 +273,6 @@ CONTROL_TIMEOUT = 15.0  # any control request but the burst
 BURST_DISPATCH_TIMEOUT = 120.0  # the fake sending N INTERACTION_CREATE frames
 
 
-def add_members(fake: FakeDiscord, count: int) -> list[payloads.Json]:
-    """``count`` new server members. The fake builds an interaction's member from its own
-    member table, so a dict user alone is not enough for a guild /ask."""
-    joined = payloads.iso_now()
-    users = []
-    for i in range(count):
-        user = payloads.user(fake._ids.next(), f"asker{i}", global_name=f"Asker {i}")
-        fake._users_by_id[user["id"]] = user
-        fake._members[user["id"]] = payloads.member(user, [], joined_at=joined)
-        users.append(user)
-    return users
-
-
 def callback_arrivals(fake: FakeDiscord) -> dict[str, float]:
     """Interaction id -> when its first callback request reached the fake (404s included)."""
     arrivals: dict[str, float] = {}
@@ -277,10 +294,18 @@ async def _wait_for(check: Callable[[], object], timeout: float, what: str) -> N
 
 
 class FakeControl:
-    """The child's side: the fake Discord and the bench's control routes."""
+    """The child's side: the fake Discord (HTTPS and WSS, like Discord, unless ``plain``) and
+    the bench's control routes."""
 
-    def __init__(self) -> None:
-        self.fake = FakeDiscord(token=TOKEN, clock=time.monotonic)
+    def __init__(self, plain: bool) -> None:
+        self.ca_pem: str | None = None
+        server_ssl = None
+        if not plain:  # a throwaway CA the bot trusts; trustme is the well-kept tool for it
+            ca = trustme.CA()
+            server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ca.issue_cert("127.0.0.1").configure_cert(server_ssl)
+            self.ca_pem = ca.cert_pem.bytes().decode()
+        self.fake = FakeDiscord(token=TOKEN, clock=time.monotonic, ssl_context=server_ssl)
         self.users: dict[str, payloads.Json] = {}
 
     def routes(self, app: web.Application) -> None:
@@ -297,12 +322,14 @@ class FakeControl:
         })
 
     async def members(self, request: web.Request) -> web.Response:
-        users = add_members(self.fake, int(request.query["n"]))
+        users = [self.fake.add_member(f"asker{len(self.users) + i}")
+                 for i in range(int(request.query["n"]))]
         self.users.update((u["id"], u) for u in users)
         return web.json_response({"users": [u["id"] for u in users]})
 
     async def burst(self, request: web.Request) -> web.Response:
-        """Body: users (ids), question, numbered (append " #i"), grace (s past the deadline)."""
+        """Body: users (ids), question, numbered (append " #i"), grace (s past the deadline),
+        rate (asks/s on a fixed schedule; 0: back to back)."""
         body = await request.json()
         fake, users = self.fake, [self.users[uid] for uid in body["users"]]
         channels = list(fake.channels)
@@ -310,8 +337,11 @@ class FakeControl:
         requests_before = len(fake.requests)
         cpu0, started = time.process_time(), time.monotonic()
         records: list[InteractionRecord] = []
+        rate = float(body.get("rate", BURST))
         async with asyncio.timeout(BURST_DISPATCH_TIMEOUT):
             for i, user in enumerate(users):  # no await between them but the websocket send
+                if rate > 0:  # on schedule from the start: a late dispatch does not shift the rest
+                    await asyncio.sleep(started + i / rate - time.monotonic())
                 question = f"{body['question']} #{i}" if body["numbered"] else body["question"]
                 records.append(await fake.dispatch_slash_command(
                     "ask", {"question": question}, user=user,
@@ -325,10 +355,12 @@ class FakeControl:
                             "callbacks")
         cpu_s = time.process_time() - cpu0
         rest_calls = len(fake.requests) - requests_before
+        known = {r.peer for r in fake.requests[:requests_before]}
+        connections = len({r.peer for r in fake.requests[requests_before:]} - known)
         arrivals = callback_arrivals(fake)
         return web.json_response({
             "started": started, "dispatched": dispatched, "cpu_s": cpu_s,
-            "rest_calls": rest_calls,
+            "rest_calls": rest_calls, "connections": connections,
             "records": [{"id": r.id, "created_at": r.created_at, "acked_at": r.acked_at,
                          "response_type": r.response_type,
                          "callback_statuses": r.callback_statuses,
@@ -344,9 +376,9 @@ class FakeControl:
         return web.json_response({"errors": errors})
 
 
-async def _serve_fake() -> None:
+async def _serve_fake(plain: bool) -> None:
     loop = asyncio.get_running_loop()
-    control = FakeControl()
+    control = FakeControl(plain)
     await control.fake.__aenter__()
     app = web.Application()
     control.routes(app)
@@ -364,7 +396,8 @@ async def _serve_fake() -> None:
 
         threading.Thread(target=watch_stdin, daemon=True).start()
         print(json.dumps({"fake_port": control.fake.port, "control_port": runner.addresses[0][1],
-                          "guild_id": control.fake.guild_id}), flush=True)
+                          "guild_id": control.fake.guild_id, "ca_pem": control.ca_pem}),
+              flush=True)
         await stdin_closed.wait()
     finally:
         with contextlib.suppress(Exception):
@@ -372,25 +405,27 @@ async def _serve_fake() -> None:
         await runner.cleanup()
 
 
-def serve_fake() -> int:
+def serve_fake(plain: bool) -> int:
     """The child's entry point (``--serve-fake``): prints its ports as one JSON line."""
     logging.basicConfig(level=logging.ERROR)
-    asyncio.run(_serve_fake())
+    asyncio.run(_serve_fake(plain))
     return 0
 
 
 class FakeProcess:
     """The bench's side: starts the child, talks to its control routes, always ends it."""
 
-    def __init__(self) -> None:
+    def __init__(self, plain: bool) -> None:
+        self.plain = plain
         self.proc: asyncio.subprocess.Process | None = None
         self.session: aiohttp.ClientSession | None = None
         self.fake_port = 0
         self.guild_id = ""
+        self.client_ssl: ssl.SSLContext | None = None  # trusts the fake's throwaway CA
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(THIS_FILE), SERVE_FAKE,
+            sys.executable, str(THIS_FILE), SERVE_FAKE, *(["--plain"] if self.plain else []),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
         assert self.proc.stdout is not None
         try:
@@ -403,15 +438,18 @@ class FakeProcess:
                                f"(status {await self.proc.wait()})")
         hello = json.loads(line)
         self.fake_port, self.guild_id = int(hello["fake_port"]), str(hello["guild_id"])
+        if hello["ca_pem"]:
+            self.client_ssl = ssl.create_default_context(cadata=hello["ca_pem"])
         self.session = aiohttp.ClientSession(f"http://127.0.0.1:{hello['control_port']}")
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.fake_port}/api/v10"
+        scheme = "http" if self.client_ssl is None else "https"
+        return f"{scheme}://127.0.0.1:{self.fake_port}/api/v10"
 
     @property
     def gateway_url(self) -> str:
-        return f"ws://127.0.0.1:{self.fake_port}/"
+        return f"{'ws' if self.client_ssl is None else 'wss'}://127.0.0.1:{self.fake_port}/"
 
     async def _call(self, method: str, path: str, timeout: float = CONTROL_TIMEOUT,
                     **kwargs: Any) -> bytes:
@@ -432,11 +470,12 @@ class FakeProcess:
         return json.loads(body)["users"]
 
     async def burst_raw(self, users: list[str], question: str, *, numbered: bool,
-                        grace: float) -> bytes:
+                        grace: float, rate: float = BURST) -> bytes:
         """The burst's answer, unparsed (the caller stops its CPU clock before parsing)."""
         timeout = BURST_DISPATCH_TIMEOUT + 3.0 + grace + 30.0  # the child bounds it first
         return await self._call("POST", "/bench/burst", timeout, json={
-            "users": users, "question": question, "numbered": numbered, "grace": grace})
+            "users": users, "question": question, "numbered": numbered, "grace": grace,
+            "rate": rate})
 
     async def close(self) -> list[str]:
         """Close the fake (its internal errors, if any), then end the child."""
@@ -476,10 +515,38 @@ def point_discord_py_at(fake: FakeProcess) -> None:
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(fake.gateway_url)
 
 
-async def start_bot(variant: str, fake: FakeProcess, service: ConversationService
-                    ) -> tuple[DiscordBot, asyncio.Event, asyncio.Task[None]]:
+class SentTimes:
+    """When the bot wrote each interaction callback to its socket, by interaction id: an
+    aiohttp trace (discord.py's ``http_trace``) on the first body chunk, which aiohttp sends
+    together with the buffered headers."""
+
+    def __init__(self) -> None:
+        self.by_interaction: dict[str, float] = {}
+        self.trace = aiohttp.TraceConfig()
+        self.trace.on_request_chunk_sent.append(self._chunk_sent)
+
+    async def _chunk_sent(self, session: aiohttp.ClientSession, context: Any,
+                          params: aiohttp.TraceRequestChunkSentParams) -> None:
+        parts = params.url.path.split("/")  # /api/v10/interactions/{id}/{token}/callback
+        if parts[-1] == "callback":
+            self.by_interaction.setdefault(parts[-3], time.monotonic())
+
+
+def connector_for(variant: str, fake: FakeProcess) -> aiohttp.TCPConnector:
+    """rtxrelay's bounded pool, or discord.py's own default (``TCPConnector(limit=0)``,
+    discord/http.py), both trusting the fake's CA."""
+    tls: ssl.SSLContext | bool = fake.client_ssl or True
+    if variant == UNBOUNDED:
+        return aiohttp.TCPConnector(limit=0, ssl=tls)
+    return rest_connector(ssl=tls)
+
+
+async def start_bot(variant: str, fake: FakeProcess, service: ConversationService,
+                    sent: SentTimes) -> tuple[DiscordBot, asyncio.Event, asyncio.Task[None]]:
     bot = BOTS[variant](service, DiscordSettings(token=TOKEN), clock=time.monotonic,
-                        client_options={"guild_ready_timeout": 0.05})
+                        client_options={"guild_ready_timeout": 0.05,
+                                        "connector": connector_for(variant, fake),
+                                        "http_trace": sent.trace})
 
     async def no_identify_delay(shard_id: int | None, *, initial: bool = False) -> None:
         return None  # discord.py waits 5 s before a re-IDENTIFY; not what is measured
@@ -535,11 +602,13 @@ async def settle(service: ConversationService, keys: list[ConversationKey],
     return len(seen)
 
 
-def score(run: Run, records: list[dict[str, Any]]) -> float:
+def score(run: Run, records: list[dict[str, Any]], sent: dict[str, float]) -> float:
     """Fill in the outcomes; return when the last callback arrived (fake's clock, nan if none).
-    All times here are the fake process's ``time.monotonic``."""
+    Times are ``time.monotonic`` of the fake's process and (``sent``) of the bot's: the same
+    system-wide clock on Linux, Windows and macOS."""
     last = math.nan
     for rec in records:
+        run.sent_ms.append((sent.get(rec["id"], math.inf) - rec["created_at"]) * 1000)
         # When Discord accepted the acknowledgement; else when a late one (404) came, if any.
         arrived = rec["acked_at"] if rec["acked_at"] is not None else rec["first_callback"]
         arrived = math.inf if arrived is None else float(arrived)
@@ -586,12 +655,13 @@ async def cancel_leftovers(timeout: float = 10.0) -> None:
         await asyncio.wait(left, timeout=timeout)
 
 
-async def one_run(variant: str, size: int, args: argparse.Namespace, db_path: Path,
-                  profile: cProfile.Profile | None = None) -> Run:
-    run = Run(variant, size)
+async def one_run(variant: str, size: int, rate: float, args: argparse.Namespace,
+                  db_path: Path, profile: cProfile.Profile | None = None) -> Run:
+    run = Run(variant, size, rate)
     tally = LogTally()
     logging.getLogger().addHandler(tally)
-    fake = FakeProcess()
+    fake = FakeProcess(args.plain)
+    sent = SentTimes()
     store = SqliteStore(db_path)
     try:
         await fake.start()
@@ -600,7 +670,7 @@ async def one_run(variant: str, size: int, args: argparse.Namespace, db_path: Pa
         backend = SyntheticBackend(args.answer_chars, args.tokens_per_second)
         service = ConversationService(
             backend, store, ConversationLimits(max_concurrent_jobs=args.max_jobs))
-        bot, stop, task = await start_bot(variant, fake, service)
+        bot, stop, task = await start_bot(variant, fake, service, sent)
         if args.warmup:
             await warm_up(fake, bot, service)
         users = await fake.add_members(size)
@@ -609,15 +679,16 @@ async def one_run(variant: str, size: int, args: argparse.Namespace, db_path: Pa
         if profile is not None:
             profile.enable()
         # One request: the child dispatches the burst and answers when the callbacks are in.
-        raw = await fake.burst_raw(users, QUESTION, numbered=True, grace=args.grace)
+        raw = await fake.burst_raw(users, QUESTION, numbered=True, grace=args.grace, rate=rate)
         if profile is not None:
             profile.disable()
         run.cpu_s = time.process_time() - cpu0
         result = json.loads(raw)
         run.fake_cpu_s = result["cpu_s"]
         run.dispatch_wall = result["dispatched"] - result["started"]
-        run.rest_calls = result["rest_calls"]
-        run.last_callback = score(run, result["records"]) - result["started"]
+        run.rest_calls, run.connections = result["rest_calls"], result["connections"]
+        run.last_callback = score(run, result["records"], sent.by_interaction
+                                  ) - result["started"]
         keys = [ConversationKey("discord", f"guild-{fake.guild_id}", uid) for uid in users]
         run.in_line = await settle(service, keys, 0 if args.stop_at_once else args.settle_timeout)
         if run.in_line == size:
@@ -662,16 +733,22 @@ def count(n: int, size: int) -> str:
 
 
 # Per-run figures that are reported as the median over the repeats (the rest are pooled).
-MEDIANS = ("dispatch_wall", "last_callback", "cpu_s", "fake_cpu_s", "rest_calls", "all_in_line",
-           "shutdown_s")
+MEDIANS = ("dispatch_wall", "last_callback", "cpu_s", "fake_cpu_s", "rest_calls", "connections",
+           "all_in_line", "shutdown_s")
 SUMS = ("deferred_in_time", "missed", "no_callback", "other", "in_line", "left_running")
+Scenario = tuple[int, float]  # (asks, rate in asks/s or BURST)
+
+
+def scenario_name(size: int, rate: float) -> str:
+    return f"{size:,} /ask at once" if rate == BURST else f"{size:,} /ask at {rate:g}/s"
 
 
 def pool(runs: list[Run]) -> Run:
-    """One row set for R runs of the same (bot, N): latencies and counts pooled (N x R asks),
-    wall and CPU figures the median run's."""
-    merged = Run(runs[0].variant, sum(r.size for r in runs), rep=len(runs))
+    """One row set for R runs of the same (bot, scenario): latencies and counts pooled
+    (N x R asks), wall and CPU figures the median run's."""
+    merged = Run(runs[0].variant, sum(r.size for r in runs), runs[0].rate, rep=len(runs))
     for run in runs:
+        merged.sent_ms += run.sent_ms
         merged.latencies_ms += run.latencies_ms
         merged.warnings.update(run.warnings)
     for name in SUMS:
@@ -683,31 +760,42 @@ def pool(runs: list[Run]) -> Run:
     return merged
 
 
-def rows_for(size: int, ours: Run, theirs: Run) -> list[tuple[str, str, str, str]]:
-    rows: list[tuple[str, str, str, str]] = [HEADER]
+def rows_for(size: int, pooled: Sequence[Run]) -> list[tuple[str, ...]]:
+    """``pooled`` in VARIANTS order; ratios are each alternative's figure over rtxrelay's."""
+    ours, others = pooled[0], pooled[1:]
+    rows: list[tuple[str, ...]] = [HEADER]
 
     def figure(name: str, get: Callable[[Run], float]) -> None:
-        a, b = float(get(ours)), float(get(theirs))
-        rows.append((name, fmt(a), fmt(b), ratio(b, a)))
+        a = float(get(ours))
+        values = [float(get(r)) for r in others]
+        rows.append((name, fmt(a), *map(fmt, values), *(ratio(b, a) for b in values)))
 
     def counted(name: str, get: Callable[[Run], int], with_ratio: bool = False) -> None:
-        a, b = int(get(ours)), int(get(theirs))
-        rows.append((name, count(a, size), count(b, size), ratio(b, a) if with_ratio else ""))
+        a = int(get(ours))
+        values = [int(get(r)) for r in others]
+        rows.append((name, count(a, size), *(count(b, size) for b in values),
+                     *((ratio(b, a) if with_ratio else "") for b in values)))
 
     counted("deferred in time (200, type 5)", lambda r: r.deferred_in_time)
-    counted(f"  of them under {GOAL_MS:.0f} ms (goal)",
+    counted(f"  sent under {GOAL_MS:.0f} ms (goal)",
+            lambda r: sum(ms < GOAL_MS for ms in r.sent_ms))
+    counted(f"  accepted under {GOAL_MS:.0f} ms",
             lambda r: sum(ms < GOAL_MS for ms in r.latencies_ms))
     counted("missed Discord's 3 s (404 10062)", lambda r: r.missed, with_ratio=True)
     counted("no callback before the stop", lambda r: r.no_callback)
     for q in (50, 95, 99):
-        figure(f"ack latency p{q} ms", lambda r, q=q: percentile(r.latencies_ms, q))
-    figure("ack latency max ms", lambda r: max(r.latencies_ms, default=math.nan))
+        figure(f"deferral sent p{q} ms", lambda r, q=q: percentile(r.sent_ms, q))
+    figure("deferral sent max ms", lambda r: max(r.sent_ms, default=math.nan))
+    for q in (50, 99):
+        figure(f"deferral accepted p{q} ms", lambda r, q=q: percentile(r.latencies_ms, q))
+    figure("deferral accepted max ms", lambda r: max(r.latencies_ms, default=math.nan))
     figure("dispatch wall s (N INTERACTION_CREATE)", lambda r: r.dispatch_wall)
     figure("first dispatch -> last callback s", lambda r: r.last_callback)
     figure("bot process CPU s in that window", lambda r: r.cpu_s)
     figure("  CPU % of one core (all threads)", lambda r: r.cpu_s / r.last_callback * 100)
     figure("fake Discord process CPU s (not the bot's)", lambda r: r.fake_cpu_s)
     figure("REST calls served in that window", lambda r: r.rest_calls)
+    figure("new connections (TLS handshakes) in it", lambda r: r.connections)
     figure("first dispatch -> all N in line s", lambda r: r.all_in_line)
     counted("asks in line when stopped", lambda r: r.in_line)
     figure("shutdown s (N replies still queued)", lambda r: r.shutdown_s)
@@ -715,37 +803,39 @@ def rows_for(size: int, ours: Run, theirs: Run) -> list[tuple[str, str, str, str
     return rows
 
 
-
-
 def report(runs: list[Run], args: argparse.Namespace) -> int:
-    def runs_of(variant: str, size: int) -> list[Run]:
-        return [r for r in runs if r.variant == variant and r.size == size]
+    def runs_of(variant: str, scenario: Scenario) -> list[Run]:
+        return [r for r in runs if r.variant == variant and (r.size, r.rate) == scenario]
 
-    pooled = {(v, n): pool(runs_of(v, n)) for v in VARIANTS for n in args.sizes}
-    for size in args.sizes:
-        print(f"\n== {size:,} concurrent /ask, {args.reps} run(s) per bot pooled "
-              f"(latency = deferral accepted - INTERACTION_CREATE; {args.max_jobs} job(s) at a "
-              f"time) ==")
-        print_table(rows_for(size * args.reps, pooled[(OURS, size)], pooled[(WORK_FIRST, size)]))
-    print(f"\n== goal: deferral < {GOAL_MS:.0f} ms after INTERACTION_CREATE (rtxrelay) ==")
-    for size in args.sizes:
-        run = pooled[(OURS, size)]
-        worst = percentile(run.latencies_ms, 100)
+    pooled = {(v, sc): pool(runs_of(v, sc)) for v in VARIANTS for sc in args.scenarios}
+    for size, rate in args.scenarios:
+        print(f"\n== {scenario_name(size, rate)}, {args.reps} run(s) per bot pooled "
+              f"(from INTERACTION_CREATE; {args.max_jobs} job(s) at a time) ==")
+        print_table(rows_for(size * args.reps, [pooled[(v, (size, rate))] for v in VARIANTS]))
+    print(f"\n== goal: deferral < {GOAL_MS:.0f} ms after INTERACTION_CREATE (rtxrelay; sent = "
+          f"written by the bot, accepted = answered by the fake) ==")
+    for scenario in args.scenarios:
+        run = pooled[(OURS, scenario)]
+        worst = percentile(run.sent_ms, 100)
         verdict = "met" if run.all_deferred and worst < GOAL_MS else "NOT met"
-        missed = ", ".join(str(r.missed + r.no_callback + r.other) for r in runs_of(OURS, size))
-        print(f"N={size:>5,}: p50 {fmt(percentile(run.latencies_ms, 50))} ms, "
-              f"p99 {fmt(percentile(run.latencies_ms, 99))} ms, max {fmt(worst)} ms; "
-              f"not deferred in time, per run: {missed} -> {verdict}")
+        missed = ", ".join(str(r.missed + r.no_callback + r.other)
+                           for r in runs_of(OURS, scenario))
+        print(f"{scenario_name(*scenario):>22}: sent p50 {fmt(percentile(run.sent_ms, 50))} / "
+              f"p99 {fmt(percentile(run.sent_ms, 99))} / max {fmt(worst)} ms; accepted p99 "
+              f"{fmt(percentile(run.latencies_ms, 99))} / max "
+              f"{fmt(percentile(run.latencies_ms, 100))} ms; not deferred in time, per run: "
+              f"{missed} -> {verdict}")
     for run in pooled.values():
         if run.warnings:
-            print(f"\nwarnings logged, {run.variant} N={run.size // args.reps:,} "
-                  f"({args.reps} run(s)):")
+            name = scenario_name(run.size // args.reps, run.rate)
+            print(f"\nwarnings logged, {run.variant}, {name} ({args.reps} run(s)):")
             for text, n in run.warnings.most_common(5):
                 print(f"  {n:>5} x {text}")
     for run in runs:
         if run.error:
-            print(f"\nFAILED {run.variant} N={run.size:,} run {run.rep + 1}: {run.error}")
-    ok = all(pooled[(OURS, size)].all_deferred for size in args.sizes)
+            print(f"\nFAILED {run.variant}, {scenario_name(run.size, run.rate)}, run "
+                  f"{run.rep + 1}: {run.error}")
+    ok = all(pooled[(OURS, sc)].all_deferred for sc in args.scenarios)
     if not ok:
         print("\nnot every rtxrelay /ask was deferred in time: exit status 1")
     return 0 if ok else 1
@@ -789,9 +879,10 @@ def profile_report(profile: cProfile.Profile, run: Run, lines: int) -> str:
     for (filename, _line, funcname), row in stats.stats.items():  # type: ignore[attr-defined]
         by_group[_group(filename, funcname)] += row[2]  # own time
     total = sum(by_group.values()) or 1.0
-    text = [f"\n== cProfile: an extra rtxrelay run, N={run.size:,}, burst -> last callback, "
+    text = [f"\n== cProfile: an extra rtxrelay run, {scenario_name(run.size, run.rate)}, "
+            f"first dispatch -> last callback, "
             f"the bot's process only "
-            f"(profiler on: p50 {fmt(percentile(run.latencies_ms, 50))} ms, deferred in time "
+            f"(profiler on: sent p50 {fmt(percentile(run.sent_ms, 50))} ms, deferred in time "
             f"{count(run.deferred_in_time, run.size)}; not in the tables) ==",
             "own time by who pays for it:"]
     text += [f"  {group:<34} {seconds:7.3f} s  {seconds / total * 100:5.1f} %"
@@ -806,9 +897,10 @@ def profile_report(profile: cProfile.Profile, run: Run, lines: int) -> str:
 
 def progress(run: Run, label: str = "") -> None:
     status = "ok" if not run.error else f"FAILED: {run.error}"
-    p50, worst = percentile(run.latencies_ms, 50), max(run.latencies_ms, default=math.nan)
-    print(f"  N={run.size:>5,} run {run.rep + 1} {run.variant:<10} deferred "
-          f"{count(run.deferred_in_time, run.size)}, p50 {fmt(p50)} ms, max {fmt(worst)} ms, "
+    p50, worst = percentile(run.sent_ms, 50), max(run.sent_ms, default=math.nan)
+    print(f"  {scenario_name(run.size, run.rate):>20} run {run.rep + 1} {run.variant:<14} "
+          f"deferred {count(run.deferred_in_time, run.size)}, sent p50 {fmt(p50)} ms, "
+          f"max {fmt(worst)} ms, "
           f"shutdown {fmt(run.shutdown_s)} s  {status}{label}", flush=True)
 
 
@@ -817,13 +909,14 @@ def bench(args: argparse.Namespace) -> tuple[list[Run], str]:
     runs: list[Run] = []
     profiled = ""
     with tempfile.TemporaryDirectory(prefix="rtxrelay-ack-bench-") as tmp:
-        for i, size in enumerate(args.sizes):
+        for i, (size, rate) in enumerate(args.scenarios):
             for rep in range(args.reps):
-                order = VARIANTS if (i + rep) % 2 == 0 else VARIANTS[::-1]
-                for variant in order:
-                    db = Path(tmp) / f"{variant}-{size}-{rep}.db"
+                # Each bot goes first, middle and last in turn: no order effect in the pool.
+                shift = (i + rep) % len(VARIANTS)
+                for variant in VARIANTS[shift:] + VARIANTS[:shift]:
+                    db = Path(tmp) / f"{variant}-{size}-{rate:g}-{rep}.db"
                     # A fresh event loop per run: nothing of one run's tasks reaches the next.
-                    run = asyncio.run(one_run(variant, size, args, db))
+                    run = asyncio.run(one_run(variant, size, rate, args, db))
                     run.rep = rep
                     runs.append(run)
                     progress(run)
@@ -831,7 +924,8 @@ def bench(args: argparse.Namespace) -> tuple[list[Run], str]:
         if args.profile:  # an extra run: the profiler's overhead must not skew the table
             profile = cProfile.Profile()
             size = max(args.sizes)
-            run = asyncio.run(one_run(OURS, size, args, Path(tmp) / "profiled.db", profile))
+            run = asyncio.run(one_run(OURS, size, BURST, args, Path(tmp) / "profiled.db",
+                                      profile))
             progress(run, " (profiled, not in the tables)")
             profiled = profile_report(profile, run, args.profile_lines)
     return runs, profiled
@@ -843,6 +937,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"smoke run: N = {QUICK_SIZE}, both bots, a few seconds")
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")],
                         default=list(DEFAULT_SIZES), help="burst sizes, comma list")
+    parser.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",") if x],
+                        default=list(DEFAULT_RATES),
+                        help="paced runs of the largest size at these asks/s, comma list "
+                        "('' for none)")
+    parser.add_argument("--plain", action="store_true",
+                        help="plain HTTP and WS instead of HTTPS and WSS (Discord is TLS only)")
     parser.add_argument("--reps", type=int, default=3,
                         help="runs per bot and N (fresh fake and bot each), pooled in the table")
     parser.add_argument("--max-jobs", type=int, default=1,
@@ -868,20 +968,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(SERVE_FAKE, action="store_true", help=argparse.SUPPRESS)  # the child
     args = parser.parse_args(argv)
     if args.quick:
-        args.sizes, args.reps = [QUICK_SIZE], 1
+        args.sizes, args.rates, args.reps = [QUICK_SIZE], [QUICK_RATE], 1
+    args.scenarios = [(n, BURST) for n in args.sizes] + [(max(args.sizes), r)
+                                                         for r in args.rates]
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve_fake:
-        return serve_fake()
+        return serve_fake(args.plain)
+    freeze_startup_objects()  # as `rtxrelay run` does once the bots' libraries are imported
     # Warnings reach the per-run tally (LogTally); only errors are printed as they happen.
     logging.basicConfig(level=logging.WARNING)
     for handler in logging.getLogger().handlers:
         handler.setLevel(logging.ERROR)
     started = time.monotonic()
-    print(f"bench_discord_ack: sizes {args.sizes} x {args.reps} run(s) per bot, "
+    print(f"bench_discord_ack: {', '.join(scenario_name(*sc) for sc in args.scenarios)}; "
+          f"{args.reps} run(s) per bot, {'plain HTTP' if args.plain else 'HTTPS/WSS'}, "
           f"{args.max_jobs} job(s) at a time, answer "
           f"{args.answer_chars} chars at {args.tokens_per_second:g} tokens/s; "
           f"discord.py {discord.__version__}; {os.cpu_count()} CPUs, "

@@ -332,6 +332,10 @@ class DiscordBot:
             "proxy": settings.proxy,
             # Longer 429 waits surface as RateLimited so the engine can skip interim edits.
             "max_ratelimit_timeout": 30.0,
+            # discord.py keeps the last 1,000 messages for edit/delete events we never use;
+            # replies carry the message they answer in the payload. Fewer objects for the
+            # garbage collector to walk while many answers are in flight.
+            "max_messages": None,
         }
         options.update(client_options or {})
         if "connector" not in options:

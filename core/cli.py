@@ -231,8 +231,10 @@ def _parse_ports(spec: str) -> list[int]:
 
 
 def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    from .runner import run_bots
+    from .runner import configured_platforms, freeze_startup_objects, run_bots
 
+    configured_platforms(settings)  # imports the bots' libraries now, so the freeze holds them
+    freeze_startup_objects()
     return asyncio.run(run_bots(settings))
 
 

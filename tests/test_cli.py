@@ -106,3 +106,32 @@ async def test_run_without_tokens_says_what_is_missing(tmp_path: Path) -> None:
     code, _, err = await run_cli("run", env={"TELEGRAM_TOKEN": "", "DISCORD_TOKEN": ""},
                                  cwd=tmp_path)
     assert code == 2 and "TELEGRAM_TOKEN" in err and "DISCORD_TOKEN" in err
+
+
+FREEZE_PROBE = """
+import gc, sys
+from rtxrelay.core import cli, runner
+
+async def probe(settings, stop=None):
+    print(gc.get_freeze_count(), "discord" in sys.modules, "telegram" in sys.modules)
+    return 0
+
+runner.run_bots = probe
+sys.exit(cli.main(["run"]))
+"""
+
+
+async def test_run_freezes_the_imported_libraries_before_the_bots_start(tmp_path: Path) -> None:
+    # Full collections then skip the ~75k objects every import leaves for the process's life
+    # (core/runner.freeze_startup_objects): shorter pauses under load.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", FREEZE_PROBE, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "TELEGRAM_TOKEN": "123:abc", "DISCORD_TOKEN": "x.y.z",
+             "RTXRELAY_DB": str(tmp_path / "r.db")})
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    frozen, discord_loaded, telegram_loaded = out.decode().split()
+    assert int(frozen) > 10_000
+    assert discord_loaded == telegram_loaded == "True"

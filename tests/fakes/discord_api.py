@@ -15,6 +15,7 @@ import functools
 import hashlib
 import json
 import math
+import ssl
 import time
 import uuid
 import zlib
@@ -189,8 +190,12 @@ class FakeDiscord:
         allow_privileged: int = 0,
         echo_own_messages: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.token = token
+        # Real Discord is HTTPS and WSS only; with a context the fake is too (the benches use
+        # it: every new connection then costs the client a TLS handshake, as it would).
+        self.ssl_context = ssl_context
         self.bucket_limit = bucket_limit
         self.ack_deadline = ack_deadline
         self.token_lifetime = token_lifetime
@@ -314,7 +319,7 @@ class FakeDiscord:
         self._add_routes(app)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
         await site.start()
         sockets = self._runner.addresses
         self.port = int(sockets[0][1])
@@ -332,11 +337,11 @@ class FakeDiscord:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{API}"
+        return f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{self.port}{API}"
 
     @property
     def gateway_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/"
+        return f"{'wss' if self.ssl_context else 'ws'}://127.0.0.1:{self.port}/"
 
     # ----- waiting ---------------------------------------------------------------------------
     def _notify(self) -> None:
