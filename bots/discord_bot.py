@@ -31,7 +31,7 @@ from discord import app_commands
 
 from rtxrelay.core.config import Settings, env_reader
 from rtxrelay.core.conversation import ConversationService
-from rtxrelay.core.errors import ConfigError
+from rtxrelay.core.errors import ConfigError, PlatformUnreachable
 from rtxrelay.core.paging import LengthUnit, close_open_fence
 from rtxrelay.core.ratelimit import parse_rate
 from rtxrelay.core.render import to_discord_markdown
@@ -338,6 +338,8 @@ class DiscordBot:
             "max_messages": None,
         }
         options.update(client_options or {})
+        # rtxrelay never joins voice: spare the operator discord.py's advice to install PyNaCl.
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         if "connector" not in options:
             options["connector"] = rest_connector()
         self.client = _Client(self, **options)
@@ -602,6 +604,12 @@ def _raise_start_error(runner: asyncio.Task[None]) -> None:
         raise ConfigError("Discord rejected DISCORD_TOKEN.",
                           hint="Developer portal → your app → Bot → Reset Token, and paste the "
                           "new token into .env.") from exc
+    except (aiohttp.ClientConnectionError, OSError, TimeoutError, discord.GatewayNotFound,
+            discord.DiscordServerError) as exc:
+        # Login is discord.py's one step without retries (it reconnects on its own after).
+        raise PlatformUnreachable(
+            f"Cannot reach Discord: {exc or type(exc).__name__}.",
+            hint="Check the PC's network connection (and DISCORD_PROXY, if set).") from exc
     except discord.PrivilegedIntentsRequired as exc:
         raise ConfigError(
             "Discord refused the Message Content intent (DISCORD_MESSAGE_CONTENT=1).",

@@ -24,6 +24,7 @@ from telegram.error import (
     EndPointNotFound,
     Forbidden,
     InvalidToken,
+    NetworkError,
     RetryAfter,
     TelegramError,
 )
@@ -39,7 +40,7 @@ from telegram.request import HTTPXRequest
 
 from rtxrelay.core.config import Settings, env_reader
 from rtxrelay.core.conversation import ConversationService
-from rtxrelay.core.errors import ConfigError
+from rtxrelay.core.errors import ConfigError, PlatformUnreachable
 from rtxrelay.core.paging import LengthUnit
 from rtxrelay.core.ratelimit import parse_rate
 from rtxrelay.core.render import to_plain_text, to_telegram_html
@@ -388,6 +389,13 @@ async def run_telegram(service: ConversationService, settings: Settings,
     try:
         with contextlib.suppress(asyncio.CancelledError):
             await bot.run(stop)
+    except NetworkError as exc:
+        if isinstance(exc, BadRequest):  # PTB files BadRequest under NetworkError
+            raise
+        # Only start-up gets here: once polling, PTB retries network errors on its own.
+        raise PlatformUnreachable(
+            f"Cannot reach Telegram: {exc.message}.",
+            hint="Check the PC's network connection (and TELEGRAM_PROXY, if set).") from None
     except InvalidToken:
         # PTB's message repeats the token; this one names the setting instead.
         raise ConfigError("Telegram rejected TELEGRAM_TOKEN.",

@@ -26,6 +26,11 @@ class ConfigError(RelayError):
     """A setting is missing or malformed."""
 
 
+class PlatformUnreachable(RelayError):
+    """A chat platform's servers cannot be reached at start-up (network or DNS down, a proxy,
+    their outage). Unlike a ConfigError, waiting may fix it: ``rtxrelay run`` retries."""
+
+
 class StorageError(RelayError):
     """The database cannot be opened, read or written."""
 

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from .config import Settings, env_reader
 from .conversation import ConversationService
-from .errors import ConfigError
+from .errors import ConfigError, PlatformUnreachable
 
 log = logging.getLogger(__name__)
 
 PlatformRunner = Callable[[ConversationService, Settings, asyncio.Event], Awaitable[None]]
+# Waits before each new start of a platform that could not reach its servers, then the last one
+# forever: a PC that boots before its network is up gets its bots as soon as the network is.
+RETRY_DELAYS = (2.0, 5.0, 15.0, 30.0, 60.0)
 
 
 def configured_platforms(settings: Settings) -> dict[str, PlatformRunner]:
@@ -40,7 +44,8 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-async def run_bots(settings: Settings, stop: asyncio.Event | None = None) -> int:
+async def run_bots(settings: Settings, stop: asyncio.Event | None = None, *,
+                   retry_delays: Sequence[float] = RETRY_DELAYS) -> int:
     from .relay import open_relay
 
     platforms = configured_platforms(settings)
@@ -55,14 +60,25 @@ async def run_bots(settings: Settings, stop: asyncio.Event | None = None) -> int
 
         async def guarded(name: str, runner: PlatformRunner) -> bool:
             # One platform failing (bad token, network) must not take the others down.
-            try:
-                await runner(relay.service, settings, stop)
-                return True
-            except ConfigError as exc:
-                log.error("%s bot stopped: %s", name, exc)
-            except Exception:
-                log.exception("%s bot stopped with an error", name)
-            return False
+            attempt = 0
+            while True:
+                try:
+                    await runner(relay.service, settings, stop)
+                    return True
+                except PlatformUnreachable as exc:
+                    delay = retry_delays[min(attempt, len(retry_delays) - 1)]
+                    attempt += 1
+                    log.warning("%s bot cannot start: %s Retrying in %g s.", name, exc, delay)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
+                    if stop.is_set():
+                        return True  # stopped on request while waiting: not a failure
+                except ConfigError as exc:
+                    log.error("%s bot stopped: %s", name, exc)
+                    return False
+                except Exception:
+                    log.exception("%s bot stopped with an error", name)
+                    return False
 
         try:
             results = await asyncio.gather(*(guarded(n, r) for n, r in platforms.items()))

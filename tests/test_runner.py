@@ -16,7 +16,7 @@ from rtxrelay.core.runner import run_bots
 from tests.fakes.discord_api import FakeDiscord, point_discord_py_at
 from tests.fakes.telegram_api import FakeTelegram
 from tests.replica import fake_model
-from tests.replica.launcher import Replica
+from tests.replica.launcher import Replica, free_port
 
 
 def expected(question: str) -> str:
@@ -69,3 +69,51 @@ async def test_telegram_and_discord_run_together(
     assert code == (0 if discord_token_ok else 1)
     assert "revoked-token" not in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR and discord_token_ok]
+
+
+async def test_platforms_unreachable_at_start_are_retried_until_they_answer(
+    rtx_426: Replica, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The PC boots before its network is up: nothing listens yet where Telegram and Discord are.
+    telegram = FakeTelegram(port=free_port())
+    discord_fake = FakeDiscord(token="discord-token", port=free_port())
+    point_discord_py_at(discord_fake, monkeypatch)
+    settings = load_settings({
+        "RTX_URL": rtx_426.url,
+        "RTXRELAY_DB": str(tmp_path / "relay.db"),
+        "TELEGRAM_TOKEN": telegram.token,
+        "TELEGRAM_API_URL": telegram.base_url,
+        "DISCORD_TOKEN": "discord-token",
+    }, env_file=None)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_bots(settings, stop, retry_delays=(0.1, 0.3)))
+    try:
+        def retried_twice(name: str) -> bool:
+            return caplog.text.count(f"{name} bot cannot start: Cannot reach {name}") >= 2
+
+        await wait_for(lambda: task.done() or (retried_twice("Telegram")
+                                               and retried_twice("Discord")))
+        assert not task.done(), "an unreachable platform is retried, not given up"
+        assert "Retrying in 0.3 s" in caplog.text  # the delays grow, then stay at the last
+        async with telegram, discord_fake:  # the network is back
+            await wait_for(lambda: telegram.parked_polls >= 1)
+            user = telegram.make_user("Alice")
+            telegram.inject_private_text(user, "from telegram")
+            await wait_for(lambda: telegram.chat_text(user["id"]) == expected("from telegram"))
+            await discord_fake.wait_until_ready(timeout=10)
+            await wait_for(lambda: discord_fake.commands)
+            await discord_fake.dispatch_mention("from discord")
+            channel = discord_fake.channels["general"]
+            await wait_for(lambda: any(m.content == expected("from discord")
+                                       for m in discord_fake.messages.get(channel, [])))
+            stop.set()
+            async with asyncio.timeout(30):
+                code = await task
+    finally:
+        stop.set()
+        if not task.done():
+            task.cancel()
+    assert code == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "discord-token" not in caplog.text and telegram.token not in caplog.text

@@ -191,6 +191,7 @@ class FakeDiscord:
         echo_own_messages: bool = True,
         clock: Callable[[], float] = time.monotonic,
         ssl_context: ssl.SSLContext | None = None,
+        port: int = 0,
     ) -> None:
         self.token = token
         # Real Discord is HTTPS and WSS only; with a context the fake is too (the benches use
@@ -224,7 +225,7 @@ class FakeDiscord:
         self._intents = 0
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
-        self.port = 0
+        self.port = port  # 0: any free port
 
     # ----- world -----------------------------------------------------------------------------
     def _build_world(self) -> None:
@@ -319,7 +320,7 @@ class FakeDiscord:
         self._add_routes(app)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self.ssl_context)
         await site.start()
         sockets = self._runner.addresses
         self.port = int(sockets[0][1])

@@ -234,6 +234,7 @@ class FakeTelegram:
         flood_methods: Iterable[str] = DEFAULT_FLOOD_METHODS,
         clock: Callable[[], float] = time.monotonic,
         max_text_length: int = MAX_TEXT_LENGTH,
+        port: int = 0,
     ) -> None:
         self.token = token
         self.bot_id = int(token.split(":", 1)[0])
@@ -281,7 +282,7 @@ class FakeTelegram:
         self._closing = False
         self._tick = asyncio.Event()
         self._runner: web.AppRunner | None = None
-        self._port = 0
+        self._port = port  # 0: any free port
 
     # ------------------------------------------------------------------------------- lifecycle
 
@@ -292,7 +293,7 @@ class FakeTelegram:
         # A short shutdown_timeout: teardown must not wait out a long poll's timeout.
         self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self._port)
         await site.start()
         self._port = int(self._runner.addresses[0][1])
         return self
