@@ -585,21 +585,27 @@ async def warm_up(fake: FakeProcess, bot: DiscordBot, service: ConversationServi
     await _wait_for(lambda: not len(bot._replies), 10, "the warm-up answer to stop")
 
 
-async def settle(service: ConversationService, keys: list[ConversationKey],
-                 timeout: float) -> int:
-    """Until every ask's conversation has started (it is in line: its queue position shows);
-    return how many had. Before that, ``finish_replies`` cannot stop a reply: it cancels
-    through ``ConversationService.cancel``, which only knows conversations already running."""
+async def settle(service: ConversationService, store: SqliteStore,
+                 keys: list[ConversationKey], timeout: float) -> int:
+    """Until every ask's conversation has started (it is in line: its queue position shows)
+    or already ended; return how many had. Before that, ``finish_replies`` cannot stop a reply:
+    it cancels through ``ConversationService.cancel``, which only knows conversations already
+    running."""
     seen: set[ConversationKey] = set()
+    stored: set[ConversationKey] = set()  # paced runs: the first answers end before we look
 
-    def all_seen() -> bool:
-        # A set: an answer may finish (and leave the service) before the last ask is in line.
+    async def look() -> bool:
         seen.update(k for k in keys if k not in seen and service.is_busy(k))
-        return len(seen) == len(keys)
+        for key in [k for k in keys if k not in seen and k not in stored][:20]:
+            if await store.turns_for_key(str(key)):  # asked, and maybe answered already
+                stored.add(key)
+        return len(seen | stored) == len(keys)
 
-    with contextlib.suppress(TimeoutError):
-        await _wait_for(all_seen, timeout, "every ask to be in line")
-    return len(seen)
+    deadline = time.monotonic() + timeout
+    # Polling: what we wait on is the bot's state, which has no event.
+    while not await look() and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    return len(seen | stored)
 
 
 def score(run: Run, records: list[dict[str, Any]], sent: dict[str, float]) -> float:
@@ -690,7 +696,8 @@ async def one_run(variant: str, size: int, rate: float, args: argparse.Namespace
         run.last_callback = score(run, result["records"], sent.by_interaction
                                   ) - result["started"]
         keys = [ConversationKey("discord", f"guild-{fake.guild_id}", uid) for uid in users]
-        run.in_line = await settle(service, keys, 0 if args.stop_at_once else args.settle_timeout)
+        run.in_line = await settle(service, store, keys,
+                                   0 if args.stop_at_once else args.settle_timeout)
         if run.in_line == size:
             run.all_in_line = time.monotonic() - t0
         await stop_bot(run, bot, stop, task, args.shutdown_timeout)
