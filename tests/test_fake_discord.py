@@ -536,3 +536,31 @@ async def test_raw_gateway_zlib_stream_and_close_codes(make_fake: MakeFake) -> N
         async with session.ws_connect(f"{fake.gateway_url}?v=6&encoding=json") as ws:
             closing = await ws.receive(timeout=5)
             assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 4012
+
+
+async def test_global_limit_counts_bot_routes_but_not_interactions(make_fake: MakeFake) -> None:
+    # Discord: 50 requests/s per bot, interaction endpoints exempt. A small, long window here
+    # so that nothing expires mid-test.
+    fake = await make_fake(global_limit=(8, 60.0))
+    client = RelayClient()
+    add_streaming_ask(client)
+    async with running(fake, client):
+        for i in range(3):  # each: callback, 3 edits of @original, a follow-up: all exempt
+            await fake.dispatch_slash_command("ask", {"question": f"q{i}"})
+            await fake.wait_for_request(
+                lambda r, n=i + 1: r.route == FOLLOWUP and len(fake.requests_to(FOLLOWUP)) == n)
+    assert all(r.status != 429 for r in fake.requests)
+    bound = [r for r in fake.requests
+             if not r.path.startswith(("/interactions/", "/webhooks/"))]
+    assert 1 <= len(bound) < 8 < len(fake.requests)  # login and command sync count
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bot {TOKEN}"}) as s:
+        for _ in range(8 - len(bound)):
+            async with s.get(f"{fake.base_url}/users/@me") as resp:
+                assert resp.status == 200
+        async with s.get(f"{fake.base_url}/users/@me") as resp:
+            assert resp.status == 429
+            assert resp.headers["X-RateLimit-Global"] == "true"
+            assert resp.headers["X-RateLimit-Scope"] == "global"
+            assert int(resp.headers["Retry-After"]) >= 1
+            body = await resp.json()
+    assert body["global"] is True and 0 < body["retry_after"] <= 60

@@ -401,6 +401,24 @@ async def test_flood_model_on_virtual_clock() -> None:
     ]
 
 
+async def test_global_flood_window_spans_chats() -> None:
+    clock = VirtualClock()
+    async with FakeTelegram(per_chat_rate=None, group_rate=None, global_rate=(3, 1.0),
+                            clock=clock) as fake:
+        users = [fake.make_user(f"User{i}") for i in range(4)]
+        for user in users:
+            fake.start_private_chat(user)
+        async with make_bot(fake) as bot:
+            for user in users[:3]:  # three chats, one message each: the bot-wide window is full
+                await bot.send_message(user["id"], "news")
+            await bot.send_chat_action(users[3]["id"], "typing")  # not a message: not counted
+            with pytest.raises(RetryAfter) as exc:
+                await bot.send_message(users[3]["id"], "one too many")
+            assert exc.value.retry_after == dtm.timedelta(seconds=1)
+            clock.advance(1.0)
+            await bot.send_message(users[3]["id"], "fits again")
+
+
 # ------------------------------------------------------------------------------------- drafts
 
 

@@ -19,6 +19,7 @@ import ssl
 import time
 import uuid
 import zlib
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -185,6 +186,7 @@ class FakeDiscord:
         *,
         token: str = "fake-bot-token",
         bucket_limit: tuple[int, float] | None = None,
+        global_limit: tuple[int, float] | None = (50, 1.0),
         ack_deadline: float = 3.0,
         token_lifetime: float = 900.0,
         allow_privileged: int = 0,
@@ -198,6 +200,10 @@ class FakeDiscord:
         # it: every new connection then costs the client a TLS handshake, as it would).
         self.ssl_context = ssl_context
         self.bucket_limit = bucket_limit
+        # Discord: 50 requests/s per bot across all routes; interaction endpoints (the callback,
+        # and @original and follow-ups through the interaction's webhook) are not bound by it.
+        self.global_limit = global_limit
+        self._global_hits: deque[float] = deque()
         self.ack_deadline = ack_deadline
         self.token_lifetime = token_lifetime
         self.allow_privileged = allow_privileged
@@ -763,6 +769,20 @@ class FakeDiscord:
         )
         return bucket_hash, f"{bucket_hash}:{major}"
 
+    def _global_retry(self, route: str, now: float) -> float | None:
+        """The bot-wide window: None if admitted (and counted), else seconds to wait."""
+        if self.global_limit is None or route.split(" ", 1)[1].startswith(
+                ("/interactions/", "/webhooks/")):
+            return None
+        limit, window = self.global_limit
+        hits = self._global_hits
+        while hits and hits[0] <= now - window:
+            hits.popleft()
+        if len(hits) >= limit:
+            return hits[0] + window - now
+        hits.append(now)
+        return None
+
     def _rate_headers(
         self, bucket_hash: str, key: str, now: float, admit: bool
     ) -> tuple[dict[str, str], float | None]:
@@ -810,10 +830,14 @@ class FakeDiscord:
         status, payload = 200, None
         extra: dict[str, str] = {}
         scripted = next((s for s in self._scripted_429 if s[0](rec)), None)
-        headers, retry = self._rate_headers(bucket_hash, key, rec.time, admit=scripted is None)
+        global_retry = self._global_retry(route, rec.time) if scripted is None else None
+        headers, retry = self._rate_headers(
+            bucket_hash, key, rec.time, admit=scripted is None and global_retry is None)
         if scripted is not None:
             self._scripted_429.remove(scripted)
             retry, is_global = scripted[1], scripted[2]
+        elif global_retry is not None:
+            retry, is_global = global_retry, True
         else:
             is_global = False
         if retry is not None:

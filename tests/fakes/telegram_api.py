@@ -19,8 +19,10 @@ Fidelity notes (see also telegram_html.py for text parsing):
 * Text limits are checked *after* entity parsing and whitespace trimming, in UTF-16 code units.
   Outgoing text also gets the entities Telegram detects by itself (commands, mentions, URLs,
   hashtags), as real sent messages do.
-* Flood model (optional, injectable clock): a sliding window per chat, plus a group window.
-  The Bot FAQ documents ~1 message/s per chat and 20 messages/min per group, and says nothing
+* Flood model (optional, injectable clock): a sliding window per chat, a group window and a
+  bot-wide one. The Bot FAQ documents ~1 message/s per chat, 20 messages/min per group and
+  about 30 messages/s in all (for bulk notifications: counted here for every counted
+  method, sends and edits alike), and says nothing
   about edits; edits are known to draw 429s in practice, so by default ``sendMessage``,
   ``editMessageText`` and ``editMessageReplyMarkup`` count. ``sendChatAction`` and
   ``sendMessageDraft`` do not (the server forwards a draft as a typing-style action, not a
@@ -231,6 +233,7 @@ class FakeTelegram:
         privacy_delivers_mentions: bool = True,
         per_chat_rate: tuple[int, float] | None = None,
         group_rate: tuple[int, float] | None = (20, 60.0),
+        global_rate: tuple[int, float] | None = (30, 1.0),
         flood_methods: Iterable[str] = DEFAULT_FLOOD_METHODS,
         clock: Callable[[], float] = time.monotonic,
         max_text_length: int = MAX_TEXT_LENGTH,
@@ -245,6 +248,8 @@ class FakeTelegram:
         self.privacy_delivers_mentions = privacy_delivers_mentions
         self.per_chat_rate = per_chat_rate
         self.group_rate = group_rate
+        self.global_rate = global_rate  # the Bot FAQ's ~30 messages/s across all chats
+        self._global_sent: deque[float] = deque()
         self.flood_methods = frozenset(flood_methods)
         self.clock = clock
         self.max_text_length = max_text_length
@@ -669,6 +674,11 @@ class FakeTelegram:
             recent = [t for t in sent if t > now - window]
             if len(recent) >= limit:
                 wait = max(wait, recent[-limit] + window - now)
+        if self.global_rate is not None:
+            limit, window = self.global_rate
+            recent = [t for t in self._global_sent if t > now - window]
+            if len(recent) >= limit:
+                wait = max(wait, recent[-limit] + window - now)
         if wait > 0:
             retry_after = max(1, math.ceil(wait))
             raise ApiError(
@@ -683,6 +693,10 @@ class FakeTelegram:
             horizon = max((window for _, window in self._windows(chat)), default=0.0)
             while sent and sent[0] <= now - horizon:
                 sent.popleft()
+            if self.global_rate is not None:
+                self._global_sent.append(now)
+                while self._global_sent and self._global_sent[0] <= now - self.global_rate[1]:
+                    self._global_sent.popleft()
 
     def _windows(self, chat: Json) -> list[tuple[int, float]]:
         windows = [self.per_chat_rate] if self.per_chat_rate is not None else []
