@@ -264,7 +264,7 @@ class Platform(Protocol):
     def profile(self, chat: Chat, *, drafts: bool) -> PlatformProfile: ...
     def sink(self, chat: Chat) -> MessageSink: ...
     # The bot-wide rate the shipped bot shares between its replies.
-    bot_wide_edits: tuple[int, float]
+    bot_wide_writes: tuple[int, float]
 
     # The naive bot's calls; 429 raises RetryLater, "not modified" is success.
     async def naive_send(self, chat: Chat, text: str) -> object: ...
@@ -342,7 +342,7 @@ KIND_ORDER = ("private", "group", "channel")
 
 class TelegramPlatform:
     name = "telegram"
-    bot_wide_edits = telegram_bot.BOT_WIDE_EDITS
+    bot_wide_writes = telegram_bot.BOT_WIDE_WRITES
     kinds = ("private", "group")
 
     def __init__(self, pool_size: int = DEFAULT_POOL_SIZE,
@@ -566,7 +566,7 @@ class DiscordPlatform:
                 chat.chat_id, type=discord.ChannelType.text)
         return chats
 
-    bot_wide_edits = discord_bot.BOT_WIDE_EDITS
+    bot_wide_writes = discord_bot.BOT_WIDE_WRITES
 
     def profile(self, chat: Chat, *, drafts: bool) -> PlatformProfile:
         return DISCORD_PROFILE
@@ -667,7 +667,7 @@ _budgets: dict[int, SlidingWindowLimiter] = {}
 async def run_rtxrelay(platform: Platform, conv: Conversation,
                        updates: AsyncIterator[ReplyUpdate], *, drafts: bool) -> None:
     profile = platform.profile(conv.chat, drafts=drafts)
-    budget = _budgets.setdefault(id(platform), SlidingWindowLimiter(*platform.bot_wide_edits))
+    budget = _budgets.setdefault(id(platform), SlidingWindowLimiter(*platform.bot_wide_writes))
     reply = StreamingReply(platform.sink(conv.chat), profile, shared_budget=budget)
     outcome = await reply.run(updates)
     conv.rate_limited = outcome.rate_limited
@@ -848,7 +848,7 @@ async def measure(platform: Platform, args: argparse.Namespace, plan: AnswerPlan
     offsets = sorted(rng.uniform(0, args.stagger) for _ in convs)
     lags: list[float] = []
     requests: list[Request] = []
-    cap = args.stagger + plan.duration + args.grace
+    cap = args.stagger + plan.duration + args.grace + delivery_floor(args.platform, args.size)
 
     async def drain_loop(stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -1070,6 +1070,19 @@ def child_env() -> dict[str, str]:
     return env
 
 
+# The platforms' bot-wide limits, as the fakes model them: Telegram ~30 messages/s, Discord 50
+# requests/s per bot.
+PLATFORM_RATE = {"telegram": FakeTelegram.GLOBAL_RATE, "discord": FakeDiscord.GLOBAL_LIMIT}
+
+
+def delivery_floor(platform: str, size: int) -> float:
+    """Every conversation needs at least a first message and its final text, so no bot within
+    the platform's bot-wide limit can deliver N of them in under 2N / rate seconds. The run's
+    cap adds it, so that N = 1,000 measures the bots, not the cap."""
+    count, window = PLATFORM_RATE[platform]
+    return 2 * size * window / count
+
+
 RUN_OPTIONS = ("platform", "chat", "chars", "tokens_per_second", "first_token", "stagger",
                "grace", "naive_every_chars", "pool_size", "max_in_flight")
 
@@ -1080,7 +1093,8 @@ def spawn(args: argparse.Namespace, contender: str, size: int, workdir: Path) ->
            "--size", str(size), "--out", str(out)]
     for name in RUN_OPTIONS:
         cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    cap = args.stagger + args.chars / 3 / args.tokens_per_second + args.grace
+    cap = (args.stagger + args.chars / 3 / args.tokens_per_second + args.grace
+           + delivery_floor(args.platform, size))
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8",
                               env=child_env(), timeout=cap + 120, check=False)

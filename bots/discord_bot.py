@@ -55,9 +55,12 @@ TEXTS = ReplyTexts(busy="⏳ Still answering your previous question — press St
 # Typing lasts ~10 s, refreshed every 8.
 PROFILE = PlatformProfile("discord", 2000, LengthUnit.CODEPOINT, edit_interval=1.25,
                           typing_interval=8.0, texts=TEXTS)
-# Discord allows 50 requests/s per bot; interim edits of all answers together stay under 40 so
-# acknowledgements, final texts and typing always have room.
-BOT_WIDE_EDITS = (40, 1.0)
+# Discord allows 50 requests/s per bot, then answers 429 to all of them (interaction endpoints
+# are exempt). All answers' writes together (placeholders, edits, final pages, typing) stay
+# under 30: requests bunch between this budget and their arrival, and discord.py releases every
+# request a global 429 held at once. At 40/s, 1,000 concurrent answers drew 148 429s; at 30,
+# none (bench/bench_streaming.py --platform discord). Only > ~30 streaming answers feel it.
+BOT_WIDE_WRITES = (30, 1.0)
 # Interaction tokens live 15 minutes; stop using one a minute early so no edit races expiry.
 TOKEN_LIFETIME = 14 * 60.0
 ACK_DEADLINE = 3.0  # seconds Discord gives to acknowledge an interaction
@@ -317,7 +320,7 @@ class DiscordBot:
         self._settings = settings
         self._clock = clock  # interaction-token expiry
         self._replies = Replies(service, user_rate=settings.user_rate,
-                                bot_wide_edits=BOT_WIDE_EDITS, clock=clock, sleep=sleep)
+                                bot_wide_writes=BOT_WIDE_WRITES, clock=clock, sleep=sleep)
         # Acknowledgements have Discord's 3 s deadline; answers do not. In a burst, answers
         # wait until no acknowledgement is pending (see _acking / _after_acks).
         self._acks_pending = 0

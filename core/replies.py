@@ -1,7 +1,7 @@
 """What every bot does with a question, in one place: stream the service's answer into the
 adapter's sink through ``StreamingReply``.
 
-A bot keeps one ``Replies``: it holds the per-user question limit, the bot-wide edit budget
+A bot keeps one ``Replies``: it holds the per-user question limit, the bot-wide write budget
 that all of the bot's answers share, and the answers in flight so that shutting down stops
 every one of them. Adapters only build the sink and pick the profile.
 """
@@ -28,7 +28,7 @@ class Replies:
         service: ConversationService,
         *,
         user_rate: tuple[int, float],
-        bot_wide_edits: tuple[int, float],
+        bot_wide_writes: tuple[int, float],
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -36,7 +36,7 @@ class Replies:
         self._clock = clock
         self._sleep = sleep
         self._per_user = SlidingWindowLimiter(*user_rate, clock=clock)
-        self._bot_wide = SlidingWindowLimiter(*bot_wide_edits, clock=clock)
+        self._bot_wide = SlidingWindowLimiter(*bot_wide_writes, clock=clock)
         self._inflight = InFlight()
 
     def __len__(self) -> int:

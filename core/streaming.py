@@ -126,7 +126,9 @@ class StreamingReply:
         """``placeholder_shown``: the platform already shows a waiting state (Discord's
         deferred "is thinking…"), so no "starting" status is sent. ``shared_budget``: the
         bot-wide rate of the platform (Discord: 50 requests/s per bot), shared by every reply
-        of one bot; interim frames wait for it, final texts are counted but never held."""
+        of one bot. Every write takes a slot of it: the placeholder and final pages wait for
+        one, interim frames wait their turn (newer text replaces them meanwhile), typing is
+        skipped when none is free."""
         self._sink = sink
         self._placeholder_shown = placeholder_shown
         self._budget = shared_budget
@@ -191,6 +193,7 @@ class StreamingReply:
         """The first status shows at once (a placeholder); later ones are throttled frames."""
         if not self._handles and not self._use_drafts and not self._placeholder_tried:
             self._placeholder_tried = True
+            await self._slot(hold=True)
             self._next_edit = self._clock() + self._profile.edit_interval
             try:
                 await self._deliver_interim(0, text)
@@ -348,8 +351,10 @@ class StreamingReply:
                     # The final text keeps to the same budget as interim edits: sent the instant
                     # after the last edit, it is exactly the request that draws a 429.
                     await self._sleep(max(0.0, self._next_edit - self._clock()))
-                if self._budget is not None and self._needs_request(index, page):
-                    self._budget.check(_BOT_WIDE)  # counted, never held: the final must land
+                if self._needs_request(index, page):
+                    # Held, not skipped: past the bot-wide rate the platform answers 429 to
+                    # every request of the bot, and many answers ending at once would get there.
+                    await self._slot(hold=True)
                 try:
                     await self._deliver_final(index, page)
                     self._next_edit = self._clock() + self._profile.edit_interval
@@ -382,10 +387,22 @@ class StreamingReply:
         with contextlib.suppress(asyncio.CancelledError):
             while not self._finished:
                 try:
-                    await self._sink.typing()
+                    if await self._slot(hold=False):  # cosmetic: not worth a wait or a 429
+                        await self._sink.typing()
                 except Exception as exc:  # cosmetic: a failure must not end the indicator
                     log.debug("typing not shown: %s", type(exc).__name__)
                 await self._sleep(self._profile.typing_interval)
+
+    async def _slot(self, *, hold: bool) -> bool:
+        """Take a request slot of the bot-wide budget; wait for one if ``hold``, else say
+        whether one was free."""
+        if self._budget is None:
+            return True
+        while (wait := self._budget.check(_BOT_WIDE)) > 0:
+            if not hold:
+                return False
+            await self._sleep(wait)
+        return True
 
     def _mark_visible(self) -> None:
         if self.outcome.first_visible_at is None:

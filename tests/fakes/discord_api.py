@@ -181,12 +181,14 @@ class _GatewayConn:
 
 
 class FakeDiscord:
+    GLOBAL_LIMIT = (50, 1.0)  # requests per second per bot, interaction endpoints exempt
+
     def __init__(
         self,
         *,
         token: str = "fake-bot-token",
         bucket_limit: tuple[int, float] | None = None,
-        global_limit: tuple[int, float] | None = (50, 1.0),
+        global_limit: tuple[int, float] | None = GLOBAL_LIMIT,
         ack_deadline: float = 3.0,
         token_lifetime: float = 900.0,
         allow_privileged: int = 0,

@@ -223,6 +223,8 @@ class _Fault:
 class FakeTelegram:
     """The fake Bot API server. Use as ``async with FakeTelegram(...) as fake:``."""
 
+    GLOBAL_RATE = (30, 1.0)  # the Bot FAQ's ~30 messages per second across all chats
+
     def __init__(
         self,
         *,
@@ -233,7 +235,7 @@ class FakeTelegram:
         privacy_delivers_mentions: bool = True,
         per_chat_rate: tuple[int, float] | None = None,
         group_rate: tuple[int, float] | None = (20, 60.0),
-        global_rate: tuple[int, float] | None = (30, 1.0),
+        global_rate: tuple[int, float] | None = GLOBAL_RATE,
         flood_methods: Iterable[str] = DEFAULT_FLOOD_METHODS,
         clock: Callable[[], float] = time.monotonic,
         max_text_length: int = MAX_TEXT_LENGTH,
