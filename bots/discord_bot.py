@@ -228,6 +228,11 @@ class DiscordSink:
         if self._interaction is None:  # a deferred interaction already shows "is thinking…"
             await _guard(self._channel.typing())
 
+    def bot_wide(self) -> bool:
+        # Interaction webhooks (an /ask's response and follow-ups) are outside Discord's
+        # bot-wide limit: only channel writes share the bot's budget.
+        return not self._token_valid()
+
 
 class _TokenExpired(Exception):
     pass

@@ -183,6 +183,9 @@ class TelegramSink:
             self._chat_id, ChatAction.TYPING, message_thread_id=self._thread_id,
         ))
 
+    def bot_wide(self) -> bool:
+        return True  # every Bot API call comes from the one bot
+
     async def _write(self, text: str, final: bool,
                      call: Callable[[str, str | None], Awaitable[object]]) -> object:
         if final:

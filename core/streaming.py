@@ -65,6 +65,11 @@ class MessageSink(Protocol):
 
     async def typing(self) -> None: ...
 
+    def bot_wide(self) -> bool:
+        """Whether the next write counts against the platform's bot-wide limit (Discord's
+        interaction endpoints are exempt from its 50 requests/s)."""
+        ...
+
 
 @dataclass(frozen=True)
 class ReplyTexts:
@@ -396,7 +401,7 @@ class StreamingReply:
     async def _slot(self, *, hold: bool) -> bool:
         """Take a request slot of the bot-wide budget; wait for one if ``hold``, else say
         whether one was free."""
-        if self._budget is None:
+        if self._budget is None or not self._sink.bot_wide():
             return True
         while (wait := self._budget.check(_BOT_WIDE)) > 0:
             if not hold:

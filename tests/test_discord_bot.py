@@ -13,13 +13,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
 
 from rtxrelay.bots import discord_bot
-from rtxrelay.bots.discord_bot import DiscordBot, DiscordSettings
+from rtxrelay.bots.discord_bot import DiscordBot, DiscordSettings, DiscordSink
 from rtxrelay.core.chatrtx import ChatRtxBackend
 from rtxrelay.core.chatrtx_html import convert_answer
 from rtxrelay.core.conversation import ConversationService
@@ -480,3 +480,18 @@ async def test_rate_limit_per_user_and_shutdown_finishes_answers(make_rig) -> No
     async with asyncio.timeout(30):
         await rig.task
     assert rig.text_in("rtx-help").endswith("⏹ Stopped.")
+
+
+def test_only_channel_writes_count_against_the_bot_wide_limit() -> None:
+    # Discord's 50 requests/s per bot exempts interaction endpoints: an /ask answer written
+    # through its interaction webhook takes no slot of the bot's budget; past the token's
+    # lifetime it continues in the channel, and then it does.
+    clock = SkewClock()
+    channel: Any = object()
+    asked = DiscordSink(channel, interaction=cast(Any, object()), original_pending=True,
+                        reply_to=None, stop_view=None, clock=clock)
+    mention = DiscordSink(channel, interaction=None, original_pending=False, reply_to=None,
+                          stop_view=None, clock=clock)
+    assert not asked.bot_wide() and mention.bot_wide()
+    clock.jump(discord_bot.TOKEN_LIFETIME)
+    assert asked.bot_wide()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rtxrelay.core.chatrtx_html import convert_answer
-from rtxrelay.core.config import load_settings
+from rtxrelay.core.config import Settings, load_settings
 from rtxrelay.core.runner import run_bots
 from tests.fakes.discord_api import FakeDiscord, point_discord_py_at
 from tests.fakes.telegram_api import FakeTelegram
@@ -30,6 +30,33 @@ async def wait_for(check: Callable[[], object], timeout: float = 20) -> None:
             await asyncio.sleep(0.02)
 
 
+def settings_for(rtx: Replica, tmp_path: Path, telegram: FakeTelegram,
+                 discord_token: str) -> Settings:
+    return load_settings({
+        "RTX_URL": rtx.url,
+        "RTXRELAY_DB": str(tmp_path / "relay.db"),
+        "TELEGRAM_TOKEN": telegram.token,
+        "TELEGRAM_API_URL": telegram.base_url,
+        "DISCORD_TOKEN": discord_token,
+    }, env_file=None)
+
+
+async def telegram_answers(telegram: FakeTelegram) -> None:
+    await wait_for(lambda: telegram.parked_polls >= 1)
+    user = telegram.make_user("Alice")
+    telegram.inject_private_text(user, "from telegram")
+    await wait_for(lambda: telegram.chat_text(user["id"]) == expected("from telegram"))
+
+
+async def discord_answers(discord_fake: FakeDiscord) -> None:
+    await discord_fake.wait_until_ready(timeout=10)
+    await wait_for(lambda: discord_fake.commands)
+    await discord_fake.dispatch_mention("from discord")
+    channel = discord_fake.channels["general"]
+    await wait_for(lambda: any(m.content == expected("from discord")
+                               for m in discord_fake.messages.get(channel, [])))
+
+
 @pytest.mark.parametrize("discord_token_ok", [True, False], ids=["both-up", "discord-refused"])
 async def test_telegram_and_discord_run_together(
     rtx_426: Replica, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -37,28 +64,14 @@ async def test_telegram_and_discord_run_together(
 ) -> None:
     async with FakeTelegram() as telegram, FakeDiscord(token="discord-token") as discord_fake:
         point_discord_py_at(discord_fake, monkeypatch)
-        settings = load_settings({
-            "RTX_URL": rtx_426.url,
-            "RTXRELAY_DB": str(tmp_path / "relay.db"),
-            "TELEGRAM_TOKEN": telegram.token,
-            "TELEGRAM_API_URL": telegram.base_url,
-            "DISCORD_TOKEN": "discord-token" if discord_token_ok else "revoked-token",
-        }, env_file=None)
+        settings = settings_for(rtx_426, tmp_path, telegram,
+                                "discord-token" if discord_token_ok else "revoked-token")
         stop = asyncio.Event()
         task = asyncio.create_task(run_bots(settings, stop))
         try:
-            await wait_for(lambda: telegram.parked_polls >= 1 or task.done())
-            user = telegram.make_user("Alice")
-            telegram.inject_private_text(user, "from telegram")
-            await wait_for(lambda: telegram.chat_text(user["id"]) == expected("from telegram"))
+            await telegram_answers(telegram)
             if discord_token_ok:
-                await discord_fake.wait_until_ready(timeout=10)
-                await wait_for(lambda: discord_fake.commands)
-                await discord_fake.dispatch_mention("from discord")
-                channel = discord_fake.channels["general"]
-                await wait_for(lambda: any(
-                    m.content == expected("from discord")
-                    for m in discord_fake.messages.get(channel, [])))
+                await discord_answers(discord_fake)
             else:
                 await wait_for(lambda: "Discord rejected DISCORD_TOKEN" in caplog.text)
                 assert not task.done(), "Telegram keeps running when Discord cannot start"
@@ -79,13 +92,7 @@ async def test_platforms_unreachable_at_start_are_retried_until_they_answer(
     telegram = FakeTelegram(port=free_port())
     discord_fake = FakeDiscord(token="discord-token", port=free_port())
     point_discord_py_at(discord_fake, monkeypatch)
-    settings = load_settings({
-        "RTX_URL": rtx_426.url,
-        "RTXRELAY_DB": str(tmp_path / "relay.db"),
-        "TELEGRAM_TOKEN": telegram.token,
-        "TELEGRAM_API_URL": telegram.base_url,
-        "DISCORD_TOKEN": "discord-token",
-    }, env_file=None)
+    settings = settings_for(rtx_426, tmp_path, telegram, "discord-token")
     stop = asyncio.Event()
     task = asyncio.create_task(run_bots(settings, stop, retry_delays=(0.1, 0.3)))
     try:
@@ -97,16 +104,8 @@ async def test_platforms_unreachable_at_start_are_retried_until_they_answer(
         assert not task.done(), "an unreachable platform is retried, not given up"
         assert "Retrying in 0.3 s" in caplog.text  # the delays grow, then stay at the last
         async with telegram, discord_fake:  # the network is back
-            await wait_for(lambda: telegram.parked_polls >= 1)
-            user = telegram.make_user("Alice")
-            telegram.inject_private_text(user, "from telegram")
-            await wait_for(lambda: telegram.chat_text(user["id"]) == expected("from telegram"))
-            await discord_fake.wait_until_ready(timeout=10)
-            await wait_for(lambda: discord_fake.commands)
-            await discord_fake.dispatch_mention("from discord")
-            channel = discord_fake.channels["general"]
-            await wait_for(lambda: any(m.content == expected("from discord")
-                                       for m in discord_fake.messages.get(channel, [])))
+            await telegram_answers(telegram)
+            await discord_answers(discord_fake)
             stop.set()
             async with asyncio.timeout(30):
                 code = await task

@@ -65,6 +65,9 @@ class RecordingSink:
         self.typing_count += 1
         self.typing_at.append(self.clock())
 
+    def bot_wide(self) -> bool:
+        return True
+
 
 PROFILE = PlatformProfile("test", max_length=500, unit=LengthUnit.UTF16, edit_interval=1.0,
                           typing_interval=4.0)
