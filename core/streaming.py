@@ -131,9 +131,10 @@ class StreamingReply:
         """``placeholder_shown``: the platform already shows a waiting state (Discord's
         deferred "is thinking…"), so no "starting" status is sent. ``shared_budget``: the
         bot-wide rate of the platform (Discord: 50 requests/s per bot), shared by every reply
-        of one bot. Every write takes a slot of it: the placeholder and final pages wait for
-        one, interim frames wait their turn (newer text replaces them meanwhile), typing is
-        skipped when none is free."""
+        of one bot. Every write takes a slot of it: interim frames wait their turn (newer text
+        replaces them meanwhile), typing is skipped when none is free, and the placeholder and
+        final pages wait for one when the sink says the platform's bot-wide limit covers them
+        (``MessageSink.bot_wide``; otherwise they are counted but not held)."""
         self._sink = sink
         self._placeholder_shown = placeholder_shown
         self._budget = shared_budget
@@ -400,8 +401,12 @@ class StreamingReply:
 
     async def _slot(self, *, hold: bool) -> bool:
         """Take a request slot of the bot-wide budget; wait for one if ``hold``, else say
-        whether one was free."""
-        if self._budget is None or not self._sink.bot_wide():
+        whether one was free. A write outside the platform's bot-wide limit is counted (so
+        interim frames make room for it) but never waits."""
+        if self._budget is None:
+            return True
+        if not self._sink.bot_wide():
+            self._budget.check(_BOT_WIDE)
             return True
         while (wait := self._budget.check(_BOT_WIDE)) > 0:
             if not hold:

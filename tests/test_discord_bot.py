@@ -483,9 +483,9 @@ async def test_rate_limit_per_user_and_shutdown_finishes_answers(make_rig) -> No
 
 
 def test_only_channel_writes_count_against_the_bot_wide_limit() -> None:
-    # Discord's 50 requests/s per bot exempts interaction endpoints: an /ask answer written
-    # through its interaction webhook takes no slot of the bot's budget; past the token's
-    # lifetime it continues in the channel, and then it does.
+    # Discord's 50 requests/s per bot exempts interaction endpoints: an /ask answer's final
+    # pages, written through its interaction webhook, need not wait for the bot's budget;
+    # past the token's lifetime it continues in the channel, and then they do.
     clock = SkewClock()
     channel: Any = object()
     asked = DiscordSink(channel, interaction=cast(Any, object()), original_pending=True,

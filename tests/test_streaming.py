@@ -7,6 +7,8 @@ import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import pytest
+
 from rtxrelay.core.conversation import Busy, Finished, Partial, ReplyUpdate, Thinking, Waiting
 from rtxrelay.core.errors import BackendError, BackendErrorKind
 from rtxrelay.core.paging import LengthUnit, text_length
@@ -234,3 +236,36 @@ async def test_a_shared_budget_paces_every_write_of_every_reply() -> None:
                     + [t for sink in sinks for t in sink.typing_at])
     for start in writes:
         assert sum(1 for t in writes if start <= t < start + 1.0) <= 2
+
+
+@dataclass
+class ExemptSink(RecordingSink):
+    """A sink whose writes the platform's bot-wide limit does not cover (Discord's
+    interaction webhooks)."""
+
+    def bot_wide(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("exempt", [False, True], ids=["bot-wide", "exempt"])
+async def test_final_pages_wait_for_the_bot_wide_budget_only_where_it_applies(
+        exempt: bool) -> None:
+    from rtxrelay.core.ratelimit import SlidingWindowLimiter
+
+    clock = VirtualClock()
+    budget = SlidingWindowLimiter(1, 60.0, clock=clock)
+    assert budget.check("bot") == 0  # another reply spent the bot's budget for a minute
+
+    async def answered_at_once() -> AsyncIterator[ReplyUpdate]:
+        yield Finished("All done.", TurnStatus.COMPLETE)
+
+    sink = (ExemptSink if exempt else RecordingSink)(clock)
+    outcome = await StreamingReply(sink, PROFILE, clock=clock, sleep=clock.sleep,
+                                   placeholder_shown=True, shared_budget=budget,
+                                   ).run(answered_at_once())
+    assert outcome.final_landed and list(sink.messages.values()) == ["All done."]
+    (landed_at,) = [t for t, *_, final in sink.log if final]
+    if exempt:
+        assert landed_at == 0  # counted, never held
+    else:
+        assert landed_at >= 60  # held until the platform's limit has room
