@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+
+
+def percentile(values: Iterable[float], q: float) -> float:
+    """Nearest-rank percentile, ``q`` in percent (no interpolation: with one value every
+    percentile is that one); nan if there are none."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 def fmt(value: float | None) -> str:

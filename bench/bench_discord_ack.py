@@ -78,7 +78,7 @@ import discord.gateway  # noqa: E402
 import discord.http  # noqa: E402
 import trustme  # noqa: E402
 import yarl  # noqa: E402
-from _table import fmt, print_table, ratio  # noqa: E402
+from _table import fmt, percentile, print_table, ratio  # noqa: E402
 from aiohttp import web  # noqa: E402
 
 from rtxrelay.bots.discord_bot import (  # noqa: E402
@@ -721,18 +721,6 @@ async def one_run(variant: str, size: int, rate: float, args: argparse.Namespace
 
 
 # -- the report ----------------------------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (no interpolation: with N = 1 every percentile is that one)."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
-
-
-
-
 
 
 def count(n: int, size: int) -> str:

@@ -64,7 +64,7 @@ import discord.gateway  # noqa: E402
 import discord.http  # noqa: E402
 import psutil  # noqa: E402
 import yarl  # noqa: E402
-from _table import fmt, print_table, ratio  # noqa: E402
+from _table import fmt, percentile, print_table, ratio  # noqa: E402
 from aiohttp import ClientError  # noqa: E402
 from telegram import Bot  # noqa: E402
 from telegram.error import BadRequest, RetryAfter, TelegramError  # noqa: E402
@@ -925,7 +925,7 @@ def summarise(args: argparse.Namespace, plan: AnswerPlan, platform: Platform, go
         "rss_end_delta_kib": (got.rss_after - got.rss_before) / 1024 / args.size,
         "client_errors": dict(platform.client_errors()),
         "log_warnings": dict(logs.counts), "log_samples": logs.samples,
-        "handover_lag_p95": percentile(sorted(got.lags), 0.95),
+        "handover_lag_p95": percentile(got.lags, 95),
         "conversation_errors": dict(Counter(c.error for c in convs if c.error)),
         "contender_429s": sum(c.rate_limited for c in convs),
         "threads_cpu": threads_cpu(psutil.Process()),
@@ -941,13 +941,6 @@ def write_result(path: str, result: dict[str, Any]) -> None:
 
 
 # -- analysis -----------------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of sorted ``values`` (nan if empty)."""
-    if not values:
-        return math.nan
-    return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
 
 
 def most_in_window(times: Sequence[float], window: float) -> int:
@@ -1024,13 +1017,13 @@ def analyse(plan: AnswerPlan, convs: Sequence[Conversation], requests: Sequence[
             "rate_mean": _mean(rates), "rate_max": max(rates),
             "win1_max": max(win1), "win60_max": max(win60), "win5_bucket_max": max(win5),
             "counted_mean": _mean(counted),
-            "delay_p50": percentile(delays, 0.5), "delay_p95": percentile(delays, 0.95),
+            "delay_p50": percentile(delays, 50), "delay_p95": percentile(delays, 95),
             "delay_max": delays[-1] if delays else math.nan,
         }
     all_delays.sort()
     out.update({
-        "delay_p50": percentile(all_delays, 0.5), "delay_p95": percentile(all_delays, 0.95),
-        "delay_p99": percentile(all_delays, 0.99),
+        "delay_p50": percentile(all_delays, 50), "delay_p95": percentile(all_delays, 95),
+        "delay_p99": percentile(all_delays, 99),
         "delay_max": all_delays[-1] if all_delays else math.nan,
         "tokens_unshown": unshown,
     })
@@ -1294,7 +1287,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stagger", type=float, default=1.0,
                         help="conversations start at random within this many s")
     parser.add_argument("--grace", type=float, default=30.0,
-                        help="cap per run = stagger + answer time + grace; then it is cut")
+                        help="cap per run = stagger + answer time + grace + 2N / the "
+                        "platform's bot-wide rate; then it is cut")
     parser.add_argument("--naive-every-chars", type=int, default=1,
                         help="the naive bot edits once this many new chars arrived")
     parser.add_argument("--pool-size", type=int, default=DEFAULT_POOL_SIZE,

@@ -353,11 +353,11 @@ class StreamingReply:
         for index, page in enumerate(pages):
             failures = 0
             while True:
-                if not self._use_drafts and self._needs_request(index, page):
-                    # The final text keeps to the same budget as interim edits: sent the instant
-                    # after the last edit, it is exactly the request that draws a 429.
-                    await self._sleep(max(0.0, self._next_edit - self._clock()))
                 if self._needs_request(index, page):
+                    if not self._use_drafts:
+                        # The final text keeps to the same budget as interim edits: sent the
+                        # instant after the last edit, it is exactly the request that draws a 429.
+                        await self._sleep(max(0.0, self._next_edit - self._clock()))
                     # Held, not skipped: past the bot-wide rate the platform answers 429 to
                     # every request of the bot, and many answers ending at once would get there.
                     await self._slot(hold=True)
