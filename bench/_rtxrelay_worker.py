@@ -21,11 +21,11 @@ from collections import Counter
 import aiohttp
 from _measure import Result, checkpoint, startup_wall
 
-from rtxrelay.core import chatrtx
+from rtxrelay.backends.chatrtx import backend as chatrtx
+from rtxrelay.backends.chatrtx.backend import ChatRtxBackend
+from rtxrelay.backends.chatrtx.gradio_client import GradioQueueClient
+from rtxrelay.backends.chatrtx.launch_url import parse_launch_url
 from rtxrelay.core.backend import Done, Failed, TextSoFar
-from rtxrelay.core.chatrtx import ChatRtxBackend
-from rtxrelay.core.gradio_client import GradioQueueClient
-from rtxrelay.core.launch_url import parse_launch_url
 
 
 def _count_messages(counts: Counter[str]) -> None:

@@ -35,10 +35,10 @@ if str(REPO_DIR) not in sys.path:  # the replica helpers live in tests/replica
 
 import aiohttp  # noqa: E402
 
+from rtxrelay.backends.chatrtx.backend import ChatRtxBackend, find_chat_function  # noqa: E402
+from rtxrelay.backends.chatrtx.gradio_client import GradioQueueClient  # noqa: E402
+from rtxrelay.backends.chatrtx.launch_url import parse_launch_url  # noqa: E402
 from rtxrelay.core.backend import Failed  # noqa: E402
-from rtxrelay.core.chatrtx import ChatRtxBackend, find_chat_function  # noqa: E402
-from rtxrelay.core.gradio_client import GradioQueueClient  # noqa: E402
-from rtxrelay.core.launch_url import parse_launch_url  # noqa: E402
 from tests.replica import fake_model  # noqa: E402
 from tests.replica.envs import ensure_env  # noqa: E402
 from tests.replica.launcher import Replica  # noqa: E402

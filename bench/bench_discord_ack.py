@@ -81,10 +81,9 @@ import yarl  # noqa: E402
 from _table import fmt, percentile, print_table, ratio  # noqa: E402
 from aiohttp import web  # noqa: E402
 
+from rtxrelay.app.runner import freeze_startup_objects  # noqa: E402
 from rtxrelay.bots.discord_bot import (  # noqa: E402
-    NO_MENTIONS,
     PROFILE,
-    TEXTS,
     DiscordBot,
     DiscordSettings,
     rest_connector,
@@ -102,7 +101,6 @@ from rtxrelay.core.conversation import (  # noqa: E402
     ConversationService,
     ReplyUpdate,
 )
-from rtxrelay.core.runner import freeze_startup_objects  # noqa: E402
 from rtxrelay.core.store import ConversationKey  # noqa: E402
 from rtxrelay.core.streaming import StreamingReply  # noqa: E402
 from rtxrelay.storage.sqlite_store import SqliteStore  # noqa: E402
@@ -162,13 +160,9 @@ class WorkFirstBot(DiscordBot):
     """``/ask`` that persists and queues before deferring; the rest is rtxrelay's own code."""
 
     async def _on_ask(self, interaction: discord.Interaction, question: str) -> None:
-        if await self._refuse(interaction):
-            return
         key = self._key(interaction.user, interaction.guild, interaction.channel_id)
-        # Same checks as rtxrelay (every asker here is a new member, so none is refused).
-        if self._service.is_busy(key) or self._replies.wait_for(str(interaction.user.id)) > 0:
-            await interaction.response.send_message(TEXTS.busy, ephemeral=True,
-                                                    allowed_mentions=NO_MENTIONS)
+        # Same admission as rtxrelay (every asker here is a new member, so none is refused).
+        if await self._refused(interaction, key, interaction.user.id):
             return
         # Reaches into Replies (bench only) to stream an answer whose first update it already
         # consumed, tracked and budgeted like the shipped bot's.
@@ -190,7 +184,7 @@ class WorkFirstBot(DiscordBot):
                               original_pending=deferred, reply_to=None,
                               asker=interaction.user.id)
             reply = StreamingReply(sink, PROFILE, clock=self._clock, placeholder_shown=deferred,
-                                   shared_budget=replies._bot_wide)
+                                   shared_budget=replies.bot_wide_budget)
             await reply.run(_prepend(first, updates))
 
 
@@ -582,7 +576,7 @@ async def warm_up(fake: FakeProcess, bot: DiscordBot, service: ConversationServi
     key = ConversationKey("discord", f"guild-{fake.guild_id}", uid)
     await _wait_for(lambda: service.is_busy(key), 10, "the warm-up answer to start")
     service.cancel(key)
-    await _wait_for(lambda: not len(bot._replies), 10, "the warm-up answer to stop")
+    await _wait_for(lambda: not bot.answers_in_flight, 10, "the warm-up answer to stop")
 
 
 async def settle(service: ConversationService, store: SqliteStore,
@@ -648,7 +642,7 @@ async def stop_bot(run: Run, bot: DiscordBot, stop: asyncio.Event, task: asyncio
     except Exception as exc:  # the bot died: report it, keep the other runs
         run.error = f"bot failed: {exc!r}"
     run.shutdown_s = time.monotonic() - started
-    run.left_running = len(bot._replies)
+    run.left_running = bot.answers_in_flight
 
 
 async def cancel_leftovers(timeout: float = 10.0) -> None:

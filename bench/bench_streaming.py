@@ -80,8 +80,9 @@ from rtxrelay.bots.telegram_bot import (  # noqa: E402
     BoundedRequest,
     TelegramSink,
 )
-from rtxrelay.core.conversation import Finished, Partial, ReplyUpdate, Thinking  # noqa: E402
-from rtxrelay.core.ratelimit import SlidingWindowLimiter  # noqa: E402
+from rtxrelay.core.backend import Started, TextSoFar  # noqa: E402
+from rtxrelay.core.conversation import Finished, ReplyUpdate  # noqa: E402
+from rtxrelay.core.ratelimit import Rate, SlidingWindowLimiter  # noqa: E402
 from rtxrelay.core.store import TurnStatus  # noqa: E402
 from rtxrelay.core.streaming import (  # noqa: E402
     MessageSink,
@@ -109,8 +110,9 @@ CURSOR_MARK = "▍"  # the engine's cursor glyph; it must not survive in a final
 # The fake's flood model, the same for every contender. Telegram's Bot FAQ: "avoid sending
 # more than one message per second" in a chat (short bursts are tolerated, then 429) and "no
 # more than 20 messages per minute" in a group; edits are undocumented but draw 429s in
-# practice (research/platform-fakes.md). A 3-in-3-s window averages 1/s yet lets a burst of 3
-# through, which is how the real limit behaves; (1, 1.0) would punish any two calls 0.9 s apart.
+# practice (docs/platforms.md#telegram-rate-limits). A 3-in-3-s window averages 1/s yet lets a
+# burst of 3 through, which is how the real limit behaves; (1, 1.0) would punish any two calls
+# 0.9 s apart.
 PER_CHAT_RATE = (3, 3.0)
 GROUP_RATE = (20, 60.0)
 # The shipped bot's pool: one connection per request allowed in flight (BoundedRequest); its
@@ -208,11 +210,11 @@ async def answer_stream(
     """Thinking, then the text so far as tokens arrive, then Finished.
 
     Tokens arrive on a fixed schedule whatever the consumer does (a model does not wait for
-    the bot). A consumer that was busy gets everything that arrived meanwhile in one Partial,
+    the bot). A consumer that was busy gets everything that arrived meanwhile in one TextSoFar,
     as a Gradio "text so far" stream delivers it: the kindest stream for a slow consumer.
     ``handover_lags`` gets, per yield, how long its oldest token waited to be handed over.
     """
-    yield Thinking()
+    yield Started()
     count = len(plan.ends)
     index = 0
     while index < count:
@@ -226,7 +228,7 @@ async def answer_stream(
             index += 1
         handover_lags.append(now - (started + plan.offsets[first]))
         start = plan.ends[first - 1] if first else 0
-        yield Partial(plan.text[: plan.ends[index - 1]], plan.text[start : plan.ends[index - 1]])
+        yield TextSoFar(plan.text[: plan.ends[index - 1]], plan.text[start : plan.ends[index - 1]])
     yield Finished(plan.text, TurnStatus.COMPLETE)
 
 
@@ -264,7 +266,7 @@ class Platform(Protocol):
     def profile(self, chat: Chat, *, drafts: bool) -> PlatformProfile: ...
     def sink(self, chat: Chat) -> MessageSink: ...
     # The bot-wide rate the shipped bot shares between its replies.
-    bot_wide_writes: tuple[int, float]
+    bot_wide_writes: Rate
 
     # The naive bot's calls; 429 raises RetryLater, "not modified" is success.
     async def naive_send(self, chat: Chat, text: str) -> object: ...
@@ -667,13 +669,13 @@ _budgets: dict[int, SlidingWindowLimiter] = {}
 async def run_rtxrelay(platform: Platform, conv: Conversation,
                        updates: AsyncIterator[ReplyUpdate], *, drafts: bool) -> None:
     profile = platform.profile(conv.chat, drafts=drafts)
-    budget = _budgets.setdefault(id(platform), SlidingWindowLimiter(*platform.bot_wide_writes))
+    budget = _budgets.setdefault(id(platform), SlidingWindowLimiter(platform.bot_wide_writes))
     reply = StreamingReply(platform.sink(conv.chat), profile, shared_budget=budget)
     outcome = await reply.run(updates)
     conv.rate_limited = outcome.rate_limited
 
 
-NAIVE_NETWORK_PAUSE = 0.5  # what a typical bot sleeps after a timeout (research: N3's 0.5 s)
+NAIVE_NETWORK_PAUSE = 0.5  # what a typical bot sleeps after a timeout (docs/bot-failure-modes.md)
 # What the naive bot treats as "that request failed, go on" on either platform.
 NAIVE_ERRORS = (TelegramError, discord.DiscordException, ClientError, TimeoutError)
 
@@ -691,7 +693,7 @@ async def run_naive(platform: Platform, conv: Conversation,
     async for update in updates:
         if isinstance(update, Finished):
             final = update.text
-        elif isinstance(update, Partial) and update.text.strip():
+        elif isinstance(update, TextSoFar) and update.text.strip():
             if handle is None:
                 text = update.text
                 handle = await _until_landed(conv, lambda t=text: platform.naive_send(chat, t))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import re
 import ssl as ssl_module
@@ -29,21 +30,24 @@ import aiohttp
 import discord
 from discord import app_commands
 
-from rtxrelay.core.config import Settings, env_reader
+from rtxrelay.core.admission import RefusalReason
 from rtxrelay.core.conversation import ConversationService
+from rtxrelay.core.env import Env
 from rtxrelay.core.errors import ConfigError, PlatformUnreachable
 from rtxrelay.core.paging import LengthUnit, close_open_fence
-from rtxrelay.core.ratelimit import parse_rate
-from rtxrelay.core.render import to_discord_markdown
+from rtxrelay.core.ratelimit import Rate
 from rtxrelay.core.replies import Replies
 from rtxrelay.core.store import ConversationKey
 from rtxrelay.core.streaming import (
     DeliveryError,
-    DraftsUnavailable,
+    MessageSink,
     PlatformProfile,
+    ReplyStatus,
     ReplyTexts,
     RetryLater,
 )
+
+from .discord_render import to_discord_markdown
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +64,7 @@ PROFILE = PlatformProfile("discord", 2000, LengthUnit.CODEPOINT, edit_interval=1
 # under 30: requests bunch between this budget and their arrival, and discord.py releases every
 # request a global 429 held at once. At 40/s, 1,000 concurrent answers drew 148 429s; at 30,
 # none (bench/bench_streaming.py --platform discord). Only > ~30 streaming answers feel it.
-BOT_WIDE_WRITES = (30, 1.0)
+BOT_WIDE_WRITES = Rate(30, 1.0)
 # Interaction tokens live 15 minutes; stop using one a minute early so no edit races expiry.
 TOKEN_LIFETIME = 14 * 60.0
 ACK_DEADLINE = 3.0  # seconds Discord gives to acknowledge an interaction
@@ -77,10 +81,14 @@ HELP = (
     "• In DMs, just write.\n"
     "• `/reset` starts a new conversation. **Stop** ends an answer, **Retry** asks again."
 )
-SORRY = "Sorry, you can't use this bot here."
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
+
+
+class History(enum.Enum):
+    USER = "user"  # one history per person per server (and per DM)
+    CHANNEL = "channel"  # one shared history per channel
 
 
 @dataclass(frozen=True)
@@ -94,16 +102,14 @@ class DiscordSettings:
     command_guild: int | None = None  # sync commands to this guild only (instant), else global
     history_per_channel: bool = False  # one shared history per channel instead of per user
     message_content: bool = False  # the privileged intent; only needed for replies without @
-    user_rate: tuple[int, float] = (10, 60.0)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> DiscordSettings:
-        env = env_reader(settings)
+    def from_env(cls, env: Env) -> DiscordSettings:
         token = env.str("DISCORD_TOKEN")
         if not token:
             raise ConfigError("DISCORD_TOKEN is not set.",
                               hint="Developer portal → your app → Bot → Reset Token.")
-        history = env.choice("DISCORD_HISTORY", ("user", "channel"))
+        history = env.choice("DISCORD_HISTORY", History, History.USER)
         guilds = env.ids("DISCORD_COMMAND_GUILD")
         if len(guilds) > 1:
             raise ConfigError("DISCORD_COMMAND_GUILD takes one server id.",
@@ -116,26 +122,30 @@ class DiscordSettings:
             allowed_guilds=env.ids("DISCORD_ALLOWED_GUILDS"),
             proxy=env.str("DISCORD_PROXY"),
             command_guild=next(iter(guilds), None),
-            history_per_channel=history == "channel",
+            history_per_channel=history is History.CHANNEL,
             message_content=env.bool("DISCORD_MESSAGE_CONTENT", False),
-            user_rate=parse_rate("USER_RATE_LIMIT", env.str("USER_RATE_LIMIT"), (10, 60.0)),
         )
 
 
 # -- the message sink -----------------------------------------------------------------------------
 
 
+class PostedKind(enum.Enum):
+    ORIGINAL = enum.auto()  # the interaction's (deferred) response
+    FOLLOWUP = enum.auto()  # a follow-up through the interaction's webhook
+    CHANNEL = enum.auto()  # an ordinary channel message
+
+
 @dataclass
 class _Posted:
-    """A message we sent: the interaction's response ("original"), a follow-up through its
-    webhook ("followup"), or a plain channel message ("channel")."""
+    """A message we sent, and how to reach it again."""
 
     id: int
-    kind: str
+    kind: PostedKind
     message: discord.Message | None = None
 
 
-class DiscordSink:
+class DiscordSink(MessageSink):
     """MessageSink over discord.py. Every write carries ``allowed_mentions`` none and the
     Stop button while streaming. Writes go through the interaction webhook while its token is
     valid, then as ordinary channel messages (edits of webhook messages via the channel)."""
@@ -176,26 +186,26 @@ class DiscordSink:
                 if self._original_pending:
                     message = await _guard(self._interaction.edit_original_response(**body))
                     self._original_pending = False
-                    return _Posted(message.id, "original")
+                    return _Posted(message.id, PostedKind.ORIGINAL)
                 message = await _guard(self._interaction.followup.send(wait=True, **body))
-                return _Posted(message.id, "followup")
+                return _Posted(message.id, PostedKind.FOLLOWUP)
             except _TokenExpired:
                 self._expires_at = self._clock()  # continue in the channel below
         reference, self._reply_to = self._reply_to, None  # only the first page quotes
         if reference is not None:
             body.update(reference=reference, mention_author=False)
         message = await _guard(self._channel.send(**body))
-        return _Posted(message.id, "channel", message)
+        return _Posted(message.id, PostedKind.CHANNEL, message)
 
     async def edit(self, handle: object, text: str, *, final: bool) -> None:
         await self._edit(handle, self._body(text, final))
 
     async def _edit(self, handle: object, body: dict[str, Any]) -> None:
         assert isinstance(handle, _Posted)
-        if handle.kind != "channel" and self._token_valid():
+        if handle.kind is not PostedKind.CHANNEL and self._token_valid():
             assert self._interaction is not None
             try:
-                if handle.kind == "original":
+                if handle.kind is PostedKind.ORIGINAL:
                     await _guard(self._interaction.edit_original_response(**body))
                 else:
                     await _guard(self._interaction.followup.edit_message(handle.id, **body))
@@ -211,18 +221,17 @@ class DiscordSink:
         get = getattr(self._channel, "get_partial_message", None)
         if get is None:
             raise DeliveryError("this channel does not allow editing by id")
-        return get(message_id)  # type: ignore[no-any-return]
+        message: discord.PartialMessage = get(message_id)
+        return message
 
     async def set_view(self, handle: object, view: discord.ui.View | None) -> None:
         """Swap the buttons under a message, leaving its text alone. Best effort: the answer
         itself has landed already."""
         try:
             await self._edit(handle, {"view": view, "allowed_mentions": NO_MENTIONS})
-        except (DeliveryError, RetryLater, discord.HTTPException) as exc:
+        except (DeliveryError, RetryLater, discord.HTTPException, aiohttp.ClientError, OSError,
+                TimeoutError) as exc:  # the network may drop too (e.g. while shutting down)
             log.info("buttons not updated: %s", type(exc).__name__)
-
-    async def draft(self, text: str) -> None:
-        raise DraftsUnavailable("Discord has no drafts")
 
     async def typing(self) -> None:
         if self._interaction is None:  # a deferred interaction already shows "is thinking…"
@@ -276,7 +285,7 @@ class ControlButton(discord.ui.DynamicItem[discord.ui.Button[Any]],
                              match: re.Match[str], /) -> ControlButton:
         return cls(match["action"], int(match["user"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+    async def callback(self, interaction: discord.Interaction) -> None:
         bot = getattr(interaction.client, "relay", None)
         if isinstance(bot, DiscordBot):
             await bot.on_control(interaction, self.action, self.asker)
@@ -325,8 +334,8 @@ class DiscordBot:
         self._service = service
         self._settings = settings
         self._clock = clock  # interaction-token expiry
-        self._replies = Replies(service, user_rate=settings.user_rate,
-                                bot_wide_writes=BOT_WIDE_WRITES, clock=clock, sleep=sleep)
+        self._replies = Replies(service, bot_wide_writes=BOT_WIDE_WRITES, clock=clock,
+                                sleep=sleep)
         # Acknowledgements have Discord's 3 s deadline; answers do not. In a burst, answers
         # wait until no acknowledgement is pending (see _acking / _after_acks).
         self._acks_pending = 0
@@ -371,6 +380,10 @@ class DiscordBot:
             await client.close()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(runner, 10)
+
+    @property
+    def answers_in_flight(self) -> int:
+        return self._replies.in_flight
 
     async def finish_replies(self, timeout: float = 30.0) -> None:
         """Stop every answer in flight (started or not); each lands its text as 'Stopped'."""
@@ -418,7 +431,8 @@ class DiscordBot:
 
         @tree.command(name="reset", description="Start a new conversation with Chat with RTX")
         async def reset(interaction: discord.Interaction) -> None:
-            if await self._refuse(interaction):
+            if not self._allowed(interaction.user, interaction.guild, interaction.channel):
+                await _tell(interaction, TEXTS.not_allowed_here)
                 return
             await self._service.reset(self._key(interaction.user, interaction.guild,
                                                 interaction.channel_id))
@@ -435,14 +449,7 @@ class DiscordBot:
         # 3-second deadline is Discord's, whatever the backend is doing.
         key = self._key(interaction.user, interaction.guild, interaction.channel_id)
         with self._acking():
-            if await self._refuse(interaction):
-                return
-            if self._service.is_busy(key):
-                await _tell(interaction, TEXTS.busy)
-                return
-            wait = self._replies.wait_for(str(interaction.user.id))
-            if wait > 0:
-                await _tell(interaction, _slow_down(wait))
+            if await self._refused(interaction, key, interaction.user.id):
                 return
             deferred = True
             try:
@@ -457,10 +464,14 @@ class DiscordBot:
                           reply_to=None, asker=interaction.user.id)
         await self._stream(sink, key, interaction.user.id, question, placeholder_shown=deferred)
 
-    async def _refuse(self, interaction: discord.Interaction) -> bool:
-        if self._allowed(interaction.user, interaction.guild, interaction.channel):
+    async def _refused(self, interaction: discord.Interaction, key: ConversationKey,
+                       asker: int) -> bool:
+        """Admit the question, or say privately why not (this acknowledges the interaction)."""
+        refusal = self._replies.admit(key, str(asker), allowed=self._allowed(
+            interaction.user, interaction.guild, interaction.channel))
+        if refusal is None:
             return False
-        await _tell(interaction, SORRY)
+        await _tell(interaction, TEXTS.refusal(refusal, private_chat=False))
         return True
 
     # -- mentions, replies and DMs ----------------------------------------------------------------
@@ -474,23 +485,19 @@ class DiscordBot:
         question = self._question(message, me.id)
         if question is None:
             return
-        if not self._allowed(message.author, message.guild, message.channel):
-            if message.guild is None:
-                await self._say(message, "Sorry, this bot is private.")
-            return
-        if not question:
+        allowed = self._allowed(message.author, message.guild, message.channel)
+        if allowed and not question:
             hint = ("Mention me with your question, e.g. @me what is RTX?"
                     if message.guild is not None and not self._settings.message_content
                     else "Ask me something — write your question after the mention.")
             await self._say(message, hint)
             return
         key = self._key(message.author, message.guild, message.channel.id)
-        if self._service.is_busy(key):
-            await self._say(message, TEXTS.busy)
-            return
-        wait = self._replies.wait_for(str(message.author.id))
-        if wait > 0:
-            await self._say(message, _slow_down(wait))
+        refusal = self._replies.admit(key, str(message.author.id), allowed=allowed)
+        if refusal is not None:
+            # In a server, people the bot is not for are not answered at all.
+            if message.guild is None or refusal.reason is not RefusalReason.NOT_ALLOWED:
+                await self._say(message, TEXTS.refusal(refusal, private_chat=message.guild is None))
             return
         sink = self._sink(message.channel, None, original_pending=False, reply_to=message,
                           asker=message.author.id)
@@ -530,10 +537,7 @@ class DiscordBot:
                     await interaction.followup.send("Nothing to stop.", ephemeral=True,
                                                     allowed_mentions=NO_MENTIONS)
                 return
-            if await self._refuse(interaction):
-                return
-            if self._service.is_busy(key):
-                await _tell(interaction, TEXTS.busy)
+            if await self._refused(interaction, key, asker):
                 return
             # Acknowledge by removing the Retry button (one request); answer in follow-ups.
             await interaction.response.edit_message(view=None, allowed_mentions=NO_MENTIONS)
@@ -564,7 +568,7 @@ class DiscordBot:
             log.warning("could not deliver a reply: HTTP %s (code %s)", exc.status, exc.code)
             return
         if outcome.final_landed and outcome.handles and outcome.status in (
-            "complete", "failed", "interrupted"
+            ReplyStatus.COMPLETE, ReplyStatus.FAILED, ReplyStatus.INTERRUPTED
         ):
             await sink.set_view(outcome.handles[-1], control_view("retry", asker))
 
@@ -601,10 +605,6 @@ async def _tell(interaction: discord.Interaction, text: str) -> None:
     await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
 
-def _slow_down(wait: float) -> str:
-    return f"Slow down a little — try again in {int(wait) + 1} s."
-
-
 def _raise_start_error(runner: asyncio.Task[None]) -> None:
     """Turn discord.py's start-up failures into errors that say what to change."""
     try:
@@ -627,7 +627,6 @@ def _raise_start_error(runner: asyncio.Task[None]) -> None:
             "DMs and /ask work without it).") from exc
 
 
-async def run_discord(service: ConversationService, settings: Settings,
-                      stop: asyncio.Event) -> None:
-    bot = DiscordBot(service, DiscordSettings.from_settings(settings))
+async def run_discord(service: ConversationService, env: Env, stop: asyncio.Event) -> None:
+    bot = DiscordBot(service, DiscordSettings.from_env(env))
     await bot.run(stop)

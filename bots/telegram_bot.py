@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
-from telegram import BotCommand, Message, MessageEntity, ReplyParameters, Update
+from telegram import Bot, BotCommand, Message, MessageEntity, ReplyParameters, Update
 from telegram.constants import ChatAction, ChatType, ParseMode
 from telegram.error import (
     BadRequest,
@@ -38,21 +39,24 @@ from telegram.ext import (
 )
 from telegram.request import HTTPXRequest
 
-from rtxrelay.core.config import Settings, env_reader
+from rtxrelay.core.admission import RefusalReason
 from rtxrelay.core.conversation import ConversationService
+from rtxrelay.core.env import Env
 from rtxrelay.core.errors import ConfigError, PlatformUnreachable
 from rtxrelay.core.paging import LengthUnit
-from rtxrelay.core.ratelimit import parse_rate
-from rtxrelay.core.render import to_plain_text, to_telegram_html
+from rtxrelay.core.ratelimit import Rate
 from rtxrelay.core.replies import Replies
 from rtxrelay.core.store import ConversationKey
 from rtxrelay.core.streaming import (
     DeliveryError,
     DraftsUnavailable,
+    MessageSink,
     PlatformProfile,
     ReplyTexts,
     RetryLater,
 )
+
+from .telegram_render import to_plain_text, to_telegram_html
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +75,7 @@ MAX_IN_FLIGHT = 32
 # The Bot FAQ's bot-wide pace is about 30 messages/s; all answers' writes together (messages,
 # edits, drafts, typing) stay under 20, since requests bunch on their way out: at 25/s, 1,000
 # concurrent answers drew 49 429s in 43 s, at 20/s 2 in all (bench/bench_streaming.py).
-BOT_WIDE_WRITES = (20, 1.0)
+BOT_WIDE_WRITES = Rate(20, 1.0)
 COMMANDS = [
     BotCommand("ask", "Ask Chat with RTX a question"),
     BotCommand("reset", "Start a new conversation"),
@@ -87,6 +91,16 @@ HELP = (
 )
 
 
+class History(enum.Enum):
+    USER = "user"  # one history per person per chat
+    CHAT = "chat"  # one shared history per group
+
+
+class PrivateStreaming(enum.Enum):
+    DRAFT = "draft"  # sendMessageDraft previews, then the message
+    EDIT = "edit"  # a message edited as the answer grows
+
+
 @dataclass(frozen=True)
 class TelegramSettings:
     token: str
@@ -96,25 +110,23 @@ class TelegramSettings:
     api_base_url: str | None = None  # a self-hosted Bot API server, e.g. http://host:8081/bot
     history_per_chat: bool = False  # one shared history per group instead of per user
     drafts_in_private: bool = True
-    user_rate: tuple[int, float] = (10, 60.0)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> TelegramSettings:
-        env = env_reader(settings)
+    def from_env(cls, env: Env) -> TelegramSettings:
         token = env.str("TELEGRAM_TOKEN")
         if not token:
             raise ConfigError("TELEGRAM_TOKEN is not set.", hint="Get one from @BotFather.")
-        history = env.choice("TELEGRAM_HISTORY", ("user", "chat"))
-        streaming = env.choice("TELEGRAM_PRIVATE_STREAMING", ("draft", "edit"))
+        history = env.choice("TELEGRAM_HISTORY", History, History.USER)
+        streaming = env.choice("TELEGRAM_PRIVATE_STREAMING", PrivateStreaming,
+                               PrivateStreaming.DRAFT)
         return cls(
             token=token,
             allowed_users=env.ids("TELEGRAM_ALLOWED_USERS"),
             allowed_chats=env.ids("TELEGRAM_ALLOWED_CHATS"),
             proxy=env.str("TELEGRAM_PROXY"),
             api_base_url=env.str("TELEGRAM_API_URL"),
-            history_per_chat=history == "chat",
-            drafts_in_private=streaming == "draft",
-            user_rate=parse_rate("USER_RATE_LIMIT", env.str("USER_RATE_LIMIT"), (10, 60.0)),
+            history_per_chat=history is History.CHAT,
+            drafts_in_private=streaming is PrivateStreaming.DRAFT,
         )
 
 
@@ -132,11 +144,11 @@ class BoundedRequest(HTTPXRequest):
             return await super().do_request(*args, **kwargs)
 
 
-class TelegramSink:
+class TelegramSink(MessageSink):
     """MessageSink over PTB. Interim frames are plain text (partial Markdown is often
     unbalanced); final frames are HTML with a plain-text fallback if Telegram rejects it."""
 
-    def __init__(self, bot: object, chat_id: int, *, reply_to: int | None,
+    def __init__(self, bot: Bot, chat_id: int, *, reply_to: int | None,
                  thread_id: int | None, draft_id: int) -> None:
         self._bot = bot
         self._chat_id = chat_id
@@ -150,7 +162,7 @@ class TelegramSink:
         self._reply_to = None  # only the first page quotes the question
 
         async def call(body: str, mode: str | None) -> object:
-            message = await self._bot.send_message(  # type: ignore[attr-defined]
+            message = await self._bot.send_message(
                 self._chat_id, body, parse_mode=mode, reply_parameters=reply,
                 message_thread_id=self._thread_id,
             )
@@ -159,17 +171,19 @@ class TelegramSink:
         return await self._write(text, final, call)
 
     async def edit(self, handle: object, text: str, *, final: bool) -> None:
+        assert isinstance(handle, int), "handles are the message ids send() returned"
+        message_id = handle
+
         async def call(body: str, mode: str | None) -> None:
-            await self._bot.edit_message_text(  # type: ignore[attr-defined]
-                body, chat_id=self._chat_id, message_id=int(handle),  # type: ignore[call-overload]
-                parse_mode=mode,
+            await self._bot.edit_message_text(
+                body, chat_id=self._chat_id, message_id=message_id, parse_mode=mode,
             )
 
         await self._write(text, final, call)
 
     async def draft(self, text: str) -> None:
         try:
-            await self._guard(self._bot.send_message_draft(  # type: ignore[attr-defined]
+            await self._guard(self._bot.send_message_draft(
                 self._chat_id, self._draft_id, text=to_plain_text(text) or "…",
                 message_thread_id=self._thread_id,
             ))
@@ -179,12 +193,9 @@ class TelegramSink:
             raise DraftsUnavailable(type(exc).__name__) from exc
 
     async def typing(self) -> None:
-        await self._guard(self._bot.send_chat_action(  # type: ignore[attr-defined]
+        await self._guard(self._bot.send_chat_action(
             self._chat_id, ChatAction.TYPING, message_thread_id=self._thread_id,
         ))
-
-    def bot_wide(self) -> bool:
-        return True  # every Bot API call comes from the one bot
 
     async def _write(self, text: str, final: bool,
                      call: Callable[[str, str | None], Awaitable[object]]) -> object:
@@ -227,12 +238,13 @@ class TelegramBot:
     ) -> None:
         self._service = service
         self._settings = settings
-        self._replies = Replies(service, user_rate=settings.user_rate,
-                                bot_wide_writes=BOT_WIDE_WRITES, clock=clock, sleep=sleep)
+        self._replies = Replies(service, bot_wide_writes=BOT_WIDE_WRITES, clock=clock,
+                                sleep=sleep)
         self._drafts_refused = False  # the Bot API server has no drafts: edit from the start
         self.application = self._build()
 
-    def _build(self) -> Application:  # type: ignore[type-arg]
+    # PTB's Application takes six type parameters; the builder's defaults are the ones used.
+    def _build(self) -> Application:  # type: ignore[type-arg]  # see above
         proxy = self._settings.proxy
         builder = (ApplicationBuilder().token(self._settings.token).concurrent_updates(True)
                    .request(BoundedRequest(proxy=proxy)))
@@ -268,6 +280,10 @@ class TelegramBot:
                 await app.updater.stop()
                 await self.finish_replies()
                 await app.stop()
+
+    @property
+    def answers_in_flight(self) -> int:
+        return self._replies.in_flight
 
     async def finish_replies(self, timeout: float = 30.0) -> None:
         """Stop every answer in flight; each reply then lands its text as 'Stopped'."""
@@ -326,16 +342,15 @@ class TelegramBot:
         chat = update.effective_chat
         if message is None or chat is None or update.effective_user is None:
             return
-        if not self._allowed(update):
-            if chat.type == ChatType.PRIVATE:
-                await message.reply_text("Sorry, this bot is private.")
-            return
-        key = self._key(update)
-        wait = self._replies.wait_for(str(update.effective_user.id))
-        if wait > 0:
-            await message.reply_text(f"Slow down a little — try again in {int(wait) + 1} s.")
-            return
         private = chat.type == ChatType.PRIVATE
+        key = self._key(update)
+        refusal = self._replies.admit(key, str(update.effective_user.id),
+                                      allowed=self._allowed(update))
+        if refusal is not None:
+            # Outside a private chat, people the bot is not for are not answered at all.
+            if private or refusal.reason is not RefusalReason.NOT_ALLOWED:
+                await message.reply_text(TEXTS.refusal(refusal, private_chat=private))
+            return
         if private:
             drafts = self._settings.drafts_in_private and not self._drafts_refused
             profile = replace(PRIVATE, use_drafts=drafts)
@@ -387,9 +402,8 @@ class TelegramBot:
         return " ".join(text.split())
 
 
-async def run_telegram(service: ConversationService, settings: Settings,
-                       stop: asyncio.Event) -> None:
-    bot = TelegramBot(service, TelegramSettings.from_settings(settings))
+async def run_telegram(service: ConversationService, env: Env, stop: asyncio.Event) -> None:
+    bot = TelegramBot(service, TelegramSettings.from_env(env))
     try:
         with contextlib.suppress(asyncio.CancelledError):
             await bot.run(stop)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -62,11 +62,15 @@ class BackendInfo:
 
 
 class Backend(Protocol):
+    """What answers questions. Implementations map their own errors to ``BackendError`` (with
+    a user-safe message) and never raise from ``stream_answer``: failures arrive as
+    ``Failed``."""
+
     def stream_answer(
         self, question: str, history: Sequence[Exchange], *, session: str
-    ) -> AsyncIterator[BackendUpdate]:
-        """Yield updates; the last one is ``Done`` or ``Failed``. Closing the iterator early
-        cancels the answer on the backend."""
+    ) -> AsyncGenerator[BackendUpdate, None]:
+        """Yield updates; the last one is ``Done`` or ``Failed``. Closing the generator early
+        (``aclose``) must cancel the answer on the backend."""
         ...
 
     async def probe(self) -> BackendInfo:

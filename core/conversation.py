@@ -11,15 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
-from .backend import Backend, Done, Exchange, Failed, Queued, Started, TextSoFar
+from .backend import Backend, BackendUpdate, Done, Exchange, Failed, Queued, Started, TextSoFar
 from .errors import BackendError, BackendErrorKind
 from .job_slots import JobSlots
+from .ratelimit import Rate
 from .store import ConversationKey, ConversationStore, Turn, TurnStatus
 
 log = logging.getLogger(__name__)
+
+DEFAULT_USER_RATE = Rate(10, 60.0)
 
 
 @dataclass(frozen=True)
@@ -28,25 +32,12 @@ class ConversationLimits:
     history_chars: int = 6000  # ChatRTX's reference models have a ~4k-token context window
     max_question_chars: int = 4000
     max_concurrent_jobs: int = 1  # Chat with RTX answers one question at a time
+    user_rate: Rate = DEFAULT_USER_RATE  # questions per person that the bots accept
 
 
 # -- what the service streams ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Waiting:
-    position: int  # 1 = next; rtxrelay's own line first, then Chat with RTX's queue
-
-
-@dataclass(frozen=True)
-class Thinking:
-    pass
-
-
-@dataclass(frozen=True)
-class Partial:
-    text: str
-    delta: str
+# ``Queued`` (the position counts rtxrelay's own line first, then the backend's queue),
+# ``Started`` and ``TextSoFar`` are the backend's own updates, passed on as they are.
 
 
 @dataclass(frozen=True)
@@ -67,9 +58,7 @@ class Rejected:
     reason: str  # short, user-facing
 
 
-ReplyUpdate = Waiting | Thinking | Partial | Finished | Busy | Rejected
-
-_END = object()
+ReplyUpdate = Queued | Started | TextSoFar | Finished | Busy | Rejected
 
 
 class ConversationService:
@@ -101,14 +90,9 @@ class ConversationService:
         self.cancel(key)
         await self._store.reset(str(key))
 
-    async def last_question(self, key: ConversationKey) -> str | None:
-        conversation = await self._store.current(str(key))
-        turns = await self._store.recent_turns(conversation.id, 1)
-        return turns[-1].question if turns else None
-
     async def retry(
         self, key: ConversationKey, *, stop: asyncio.Event | None = None
-    ) -> AsyncIterator[ReplyUpdate]:
+    ) -> AsyncGenerator[ReplyUpdate, None]:
         """Ask the last question again; the earlier answer is kept but no longer used."""
         if self.is_busy(key):
             yield Busy()
@@ -125,7 +109,7 @@ class ConversationService:
 
     async def ask(
         self, key: ConversationKey, question: str, *, stop: asyncio.Event | None = None
-    ) -> AsyncIterator[ReplyUpdate]:
+    ) -> AsyncGenerator[ReplyUpdate, None]:
         """Stream the answer. ``stop`` (optional, the caller's) ends it as INTERRUPTED like
         ``cancel`` does, and also works when set before the job started: a bot shutting down
         can stop answers that are still waiting to begin."""
@@ -156,7 +140,9 @@ class ConversationService:
 
     async def _answer(
         self, key: str, question: str, stop: asyncio.Event
-    ) -> AsyncIterator[ReplyUpdate]:
+    ) -> AsyncGenerator[ReplyUpdate, None]:
+        """Persistence and mapping: the question is stored first, the backend's updates are
+        passed on, and the turn is finished with exactly one status whatever happens."""
         conversation = await self._store.current(key)
         turns = await self._store.recent_turns(conversation.id, self.limits.history_turns + 20)
         history, trimmed = self._window(turns)
@@ -168,55 +154,33 @@ class ConversationService:
             yield Finished("", TurnStatus.INTERRUPTED, None, trimmed)
             return
 
-        updates: asyncio.Queue[object] = asyncio.Queue()
-        producer = asyncio.create_task(
-            self._produce(question, history, conversation.session, updates),
-            name=f"rtxrelay-answer-{key}",
-        )
-        stopper = asyncio.create_task(stop.wait())
+        job = _Job(self._slots, lambda: self._backend.stream_answer(
+            question, history, session=conversation.session), stop, name=f"rtxrelay-answer-{key}")
         text = ""
         final: Finished | None = None
         try:
             while final is None:
-                item = await self._next(updates, stopper)
+                item = await job.next()
                 if item is None:  # stop requested
                     final = Finished(text, TurnStatus.INTERRUPTED, None, trimmed)
-                    break
-                # Coalesce a backlog of text updates: only the newest text matters to a reader.
-                while isinstance(item, TextSoFar) and not updates.empty():
-                    peek = updates.get_nowait()
-                    if isinstance(peek, TextSoFar):
-                        item = TextSoFar(peek.text, item.delta + peek.delta)
-                    else:
-                        yield Partial(item.text, item.delta)
-                        text = item.text
-                        item = peek
-                if item is _END:
+                elif isinstance(item, TextSoFar):
+                    text = item.text
+                    yield item
+                elif isinstance(item, Queued | Started):
+                    yield item
+                elif isinstance(item, Done):
+                    final = Finished(item.text, TurnStatus.COMPLETE, None, trimmed)
+                    await self._store.finish_turn(turn_id, status=TurnStatus.COMPLETE,
+                                                  answer=item.text, backend_answer=item.raw)
+                elif isinstance(item, Failed):
+                    final = Finished(item.partial_text or text, TurnStatus.FAILED, item.error,
+                                     trimmed)
+                    log.warning("answer failed (%s): %s", item.error.kind.value, item.error)
+                else:  # _BackendEnded
                     failure = BackendError(
                         BackendErrorKind.STOPPED, "The backend ended without an answer."
                     )
                     final = Finished(text, TurnStatus.FAILED, failure, trimmed)
-                elif isinstance(item, Queued):
-                    yield Waiting(item.position)
-                elif isinstance(item, int):  # rtxrelay's own queue position
-                    yield Waiting(item)
-                elif isinstance(item, Started):
-                    yield Thinking()
-                elif isinstance(item, TextSoFar):
-                    text = item.text
-                    yield Partial(item.text, item.delta)
-                elif isinstance(item, Done):
-                    final = Finished(item.text, TurnStatus.COMPLETE, None, trimmed)
-                    await self._store.finish_turn(
-                        turn_id,
-                        status=TurnStatus.COMPLETE,
-                        answer=item.text,
-                        backend_answer=item.raw,
-                    )
-                elif isinstance(item, Failed):
-                    partial = item.partial_text or text
-                    final = Finished(partial, TurnStatus.FAILED, item.error, trimmed)
-                    log.warning("answer failed (%s): %s", item.error.kind.value, item.error)
             if final.status is not TurnStatus.COMPLETE:
                 await self._store.finish_turn(
                     turn_id,
@@ -226,11 +190,7 @@ class ConversationService:
                 )
             yield final
         finally:
-            stopper.cancel()
-            if not producer.done():
-                producer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await producer
+            await job.close()
             if final is None:
                 # The consumer went away (shutdown, or it was cancelled): keep what we have.
                 await asyncio.shield(
@@ -238,34 +198,6 @@ class ConversationService:
                         turn_id, status=TurnStatus.INTERRUPTED, answer=text, error="stopped"
                     )
                 )
-
-    async def _produce(
-        self, question: str, history: list[Exchange], session: str, out: asyncio.Queue[object]
-    ) -> None:
-        try:
-            async with self._slots.slot(on_position=out.put_nowait):
-                stream = self._backend.stream_answer(question, history, session=session)
-                try:
-                    async for update in stream:
-                        out.put_nowait(update)
-                        if isinstance(update, Done | Failed):
-                            return
-                finally:
-                    # Closing the stream cancels the job on the backend (Stop, shutdown).
-                    await stream.aclose()  # type: ignore[attr-defined]
-        finally:
-            out.put_nowait(_END)
-
-    @staticmethod
-    async def _next(updates: asyncio.Queue[object], stopper: asyncio.Task[bool]) -> object | None:
-        if not updates.empty():
-            return updates.get_nowait()
-        getter = asyncio.ensure_future(updates.get())
-        done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if getter in done:
-            return getter.result()
-        getter.cancel()
-        return None
 
     def _window(self, turns: list[Turn]) -> tuple[list[Exchange], bool]:
         usable = [
@@ -285,3 +217,72 @@ class ConversationService:
             chars += size
         chosen.reverse()
         return chosen, len(chosen) < len(usable)
+
+
+# -- job plumbing ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _BackendEnded:
+    """The backend's stream ended without ``Done`` or ``Failed`` (should not happen)."""
+
+
+_JobItem = BackendUpdate | _BackendEnded
+
+
+class _Job:
+    """One backend answer, produced in its own task so a stop request reaches it at any stage:
+    waiting for a job slot, in the backend's queue, or in a stalled stream."""
+
+    def __init__(self, slots: JobSlots, stream: Callable[[], AsyncGenerator[BackendUpdate, None]],
+                 stop: asyncio.Event, *, name: str) -> None:
+        self._items: deque[_JobItem] = deque()
+        self._arrived = asyncio.Event()
+        self._stopper = asyncio.create_task(stop.wait())
+        self._producer = asyncio.create_task(self._produce(slots, stream), name=name)
+
+    async def next(self) -> _JobItem | None:
+        """The next item (a backlog of text updates comes as one, the newest text with every
+        delta), or None once stop is requested and nothing is waiting."""
+        while not self._items:
+            if self._stopper.done():
+                return None
+            self._arrived.clear()
+            arrival = asyncio.create_task(self._arrived.wait())
+            await asyncio.wait({arrival, self._stopper}, return_when=asyncio.FIRST_COMPLETED)
+            arrival.cancel()
+        item = self._items.popleft()
+        # Only the newest text matters to a reader; deltas are joined so none is lost.
+        while isinstance(item, TextSoFar) and self._items and isinstance(self._items[0],
+                                                                         TextSoFar):
+            newer = self._items.popleft()
+            assert isinstance(newer, TextSoFar)
+            item = TextSoFar(newer.text, item.delta + newer.delta)
+        return item
+
+    async def close(self) -> None:
+        self._stopper.cancel()
+        if not self._producer.done():
+            self._producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._producer
+
+    def _put(self, item: _JobItem) -> None:
+        self._items.append(item)
+        self._arrived.set()
+
+    async def _produce(self, slots: JobSlots,
+                       stream: Callable[[], AsyncGenerator[BackendUpdate, None]]) -> None:
+        try:
+            async with slots.slot(on_position=lambda position: self._put(Queued(position))):
+                updates = stream()
+                try:
+                    async for update in updates:
+                        self._put(update)
+                        if isinstance(update, Done | Failed):
+                            return
+                finally:
+                    # Closing the stream cancels the job on the backend (Stop, shutdown).
+                    await updates.aclose()
+        finally:
+            self._put(_BackendEnded())

@@ -21,10 +21,6 @@ class JobSlots:
         self._waiting: list[object] = []
         self._changed = asyncio.Condition()
 
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
-
     @asynccontextmanager
     async def slot(self, on_position: Callable[[int], None] | None = None) -> AsyncIterator[None]:
         """Hold one slot for the block; while waiting, report the 1-based queue position."""

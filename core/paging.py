@@ -6,7 +6,7 @@ edits one message while text arrives and continues in a new message once a page 
 this module answers one question, over and over: "where does each page of this (growing)
 text end?".
 
-Design points (see shared/research/bot-anchors.md, failure modes 3 and 7):
+Design points (see docs/bot-failure-modes.md, failure modes 3 and 7):
 
 * Pages never cut a code fence open: a page that ends inside a fenced block gets a closing
   fence, and the next page reopens the block with the same marker and language. The added
@@ -76,6 +76,13 @@ _INLINE_SPAN = re.compile(
     r"(`+)[^`].*?(?<!`)\1(?!`)|\*\*[^*\n]+?\*\*|__[^_\n]+?__|~~[^~\n]+?~~|\[[^\]\n]*\]\([^)\n]*\)"
 )
 _ZWJ = "\u200d"
+
+
+def _after_blanks(text: str, pos: int) -> int:
+    """The index of the first non-blank character at or after ``pos``."""
+    match = _LEADING_WS.match(text, pos)
+    assert match is not None  # \s* matches everywhere, if only the empty string
+    return match.end()
 
 
 def text_length(text: str, unit: LengthUnit) -> int:
@@ -207,7 +214,7 @@ def _page_start(text: str, pos: int, fence: _Fence | None, room: int) -> tuple[i
     original closer is skipped instead of producing an empty code block on the next page.
     """
     n = len(text)
-    p = _LEADING_WS.match(text, pos).end()
+    p = _after_blanks(text, pos)
     if p >= n or fence is None:
         return p, fence
     nl = text.rfind("\n", pos, p)
@@ -218,7 +225,7 @@ def _page_start(text: str, pos: int, fence: _Fence | None, room: int) -> tuple[i
     # Only a *complete* closer line counts. If the text ends right after "```", this page is
     # necessarily the last one (its trimmed rest fits), so it is not final yet anyway.
     if line_end != -1 and _fence_after(fence, text[line_start:line_end]) is None:
-        return _LEADING_WS.match(text, line_end).end(), None
+        return _after_blanks(text, line_end), None
     if p - line_start > room // 2:
         return p, fence  # absurd indentation would eat the page; keep the content instead
     return line_start, fence
@@ -356,7 +363,7 @@ class _Window:
             if self.meter.length(s, c) <= need:
                 break
             c = self.meter.advance(s, need, c)
-        first = _LEADING_WS.match(text, s).end()
+        first = _after_blanks(text, s)
         for _ in range(8):
             if c - 1 <= first or not (_is_extender(text[c]) or text[c - 1] == _ZWJ):
                 break
@@ -401,7 +408,7 @@ def _split_from(
     """
     meter = _Meter(text, unit, start)
     out: list[tuple[str, int, _Fence | None]] = []
-    s = _LEADING_WS.match(text, start).end() if fence is None else start
+    s = _after_blanks(text, start) if fence is None else start
     n = len(text)
     while s < n:
         w = _Window(text, s, fence, limit, unit, meter)

@@ -1,9 +1,9 @@
-"""What every bot does with a question, in one place: stream the service's answer into the
-adapter's sink through ``StreamingReply``.
+"""What every bot does with a question, in one place: admit it, then stream the service's
+answer into the adapter's sink through ``StreamingReply``.
 
-A bot keeps one ``Replies``: it holds the per-user question limit, the bot-wide write budget
-that all of the bot's answers share, and the answers in flight so that shutting down stops
-every one of them. Adapters only build the sink and pick the profile.
+A bot keeps one ``Replies``: it holds the admission step (with the per-user question limit),
+the bot-wide write budget that all of the bot's answers share, and the answers in flight so
+that shutting down stops every one of them. Adapters only build the sink and pick the profile.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from .admission import Admission, Refusal
 from .conversation import ConversationService, ReplyUpdate
 from .inflight import InFlight
-from .ratelimit import SlidingWindowLimiter
+from .ratelimit import Rate, SlidingWindowLimiter
 from .store import ConversationKey
 from .streaming import MessageSink, PlatformProfile, ReplyOutcome, StreamingReply
 
@@ -27,25 +28,25 @@ class Replies:
         self,
         service: ConversationService,
         *,
-        user_rate: tuple[int, float],
-        bot_wide_writes: tuple[int, float],
+        bot_wide_writes: Rate,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.service = service
         self._clock = clock
         self._sleep = sleep
-        self._per_user = SlidingWindowLimiter(*user_rate, clock=clock)
-        self._bot_wide = SlidingWindowLimiter(*bot_wide_writes, clock=clock)
+        self._admission = Admission(service, clock=clock)
+        self.bot_wide_budget = SlidingWindowLimiter(bot_wide_writes, clock=clock)
         self._inflight = InFlight()
 
-    def __len__(self) -> int:
+    @property
+    def in_flight(self) -> int:
         """Answers being streamed now."""
         return len(self._inflight)
 
-    def wait_for(self, user: str) -> float:
-        """Record a question from ``user``; 0 if allowed, else the seconds to wait."""
-        return self._per_user.check(user)
+    def admit(self, key: ConversationKey, user: str, *, allowed: bool) -> Refusal | None:
+        """allowed → rate limit → busy; None when the question may be answered."""
+        return self._admission.check(key, user, allowed=allowed)
 
     async def answer(
         self,
@@ -60,7 +61,7 @@ class Replies:
         errors the engine cannot absorb propagate to the adapter, which knows their types."""
         reply = StreamingReply(sink, profile, clock=self._clock, sleep=self._sleep,
                                placeholder_shown=placeholder_shown,
-                               shared_budget=self._bot_wide)
+                               shared_budget=self.bot_wide_budget)
         with self._inflight.track() as stop:
             updates: AsyncIterator[ReplyUpdate] = (
                 self.service.retry(key, stop=stop) if question is None
@@ -68,7 +69,7 @@ class Replies:
             )
             outcome = await reply.run(updates)
         log.info("%s reply %s: %d edits, %d sends, %d rate-limited", profile.name,
-                 outcome.status, outcome.edits, outcome.sends, outcome.rate_limited)
+                 outcome.status.value, outcome.edits, outcome.sends, outcome.rate_limited)
         return outcome
 
     async def stop_all(self, timeout: float = 30.0) -> None:

@@ -13,15 +13,18 @@ engine:
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from .conversation import Busy, Finished, Partial, Rejected, ReplyUpdate, Thinking, Waiting
+from .admission import Refusal, RefusalReason
+from .backend import Queued, Started, TextSoFar
+from .conversation import Busy, Finished, Rejected, ReplyUpdate
 from .paging import LengthUnit, Pager, split_pages
 from .ratelimit import SlidingWindowLimiter
 from .store import TurnStatus
@@ -47,32 +50,43 @@ class DraftsUnavailable(DeliveryError):
     drafts are not allowed): the engine switches to sending and editing a message."""
 
 
-class MessageSink(Protocol):
-    """What an adapter provides. Text is neutral Markdown; the sink renders it for its
-    platform (interim frames may be plain; ``final`` frames get formatting)."""
+class MessageSink(abc.ABC):
+    """What an adapter provides: one conversation's place to write (a chat, a channel, an
+    interaction). Text is neutral Markdown; the sink renders it for its platform (interim
+    frames may be plain; ``final`` frames get formatting).
 
+    Errors: a platform rate limit must raise ``RetryLater``; a message that cannot be written
+    (deleted, too old, forbidden) must raise ``DeliveryError``. Anything else is taken as a
+    transient failure and retried for final text.
+    """
+
+    @abc.abstractmethod
     async def send(self, text: str, *, final: bool) -> object:
         """Send a new message and return a handle for later edits."""
-        ...
 
+    @abc.abstractmethod
     async def edit(self, handle: object, text: str, *, final: bool) -> None:
         """Replace a message's text. 'Not modified' must be treated as success."""
-        ...
+
+    @abc.abstractmethod
+    async def typing(self) -> None:
+        """Show that an answer is being written (best effort)."""
 
     async def draft(self, text: str) -> None:
-        """Show a streaming preview that is not a message (Telegram DMs); optional."""
-        ...
-
-    async def typing(self) -> None: ...
+        """Show a streaming preview that is not a message (Telegram DMs). Platforms without
+        drafts need not override this: the engine then sends and edits a message."""
+        raise DraftsUnavailable("this platform has no drafts")
 
     def bot_wide(self) -> bool:
         """Whether the next write counts against the platform's bot-wide limit (Discord's
         interaction endpoints are exempt from its 50 requests/s)."""
-        ...
+        return True
 
 
 @dataclass(frozen=True)
 class ReplyTexts:
+    """Everything a bot says about an answer and about a refused question, in one place."""
+
     starting: str = "⏳ Asking Chat with RTX…"
     waiting: str = "⏳ #{position} in line — Chat with RTX answers one question at a time…"
     thinking: str = "💭 Thinking…"
@@ -81,6 +95,18 @@ class ReplyTexts:
     stopped: str = "⏹ Stopped."
     failed: str = "⚠️ {error}"
     trimmed: str = "(Older messages were left out to fit Chat with RTX's context.)"
+    not_allowed: str = "Sorry, this bot is private."  # in a private chat
+    not_allowed_here: str = "Sorry, you can't use this bot here."  # seen by the asker alone
+    slow_down: str = "Slow down a little — try again in {seconds} s."
+
+    def refusal(self, refusal: Refusal, *, private_chat: bool) -> str:
+        """What to tell the asker. ``private_chat``: a one-to-one chat with the bot, rather
+        than an answer only the asker sees elsewhere (Discord's ephemeral messages)."""
+        if refusal.reason is RefusalReason.BUSY:
+            return self.busy
+        if refusal.reason is RefusalReason.RATE_LIMITED:
+            return self.slow_down.format(seconds=int(refusal.retry_after) + 1)
+        return self.not_allowed if private_chat else self.not_allowed_here
 
 
 @dataclass(frozen=True)
@@ -97,11 +123,31 @@ class PlatformProfile:
     texts: ReplyTexts = field(default_factory=ReplyTexts)
 
 
+class ReplyStatus(enum.Enum):
+    NONE = "none"  # the stream ended without a final state (should not happen)
+    COMPLETE = "complete"
+    INTERRUPTED = "interrupted"
+    FAILED = "failed"
+    BUSY = "busy"
+    REJECTED = "rejected"
+
+
+class FrameKind(enum.Enum):
+    STATUS = enum.auto()  # "#2 in line", "Thinking…": shown as is, no paging, no cursor
+    ANSWER = enum.auto()  # the answer so far
+
+
+@dataclass(frozen=True)
+class _Frame:
+    kind: FrameKind
+    text: str
+
+
 @dataclass
 class ReplyOutcome:
     """What happened, for callers and the benchmark."""
 
-    status: str = "none"  # complete / interrupted / failed / busy / rejected
+    status: ReplyStatus = ReplyStatus.NONE
     edits: int = 0
     sends: int = 0
     drafts: int = 0
@@ -147,10 +193,10 @@ class StreamingReply:
         self._shown: list[str] = []  # what each message shows now
         self._final_pages = 0  # pages delivered for good
         self._in_request = False
-        self._latest: str | None = None  # newest interim frame not yet shown
+        self._latest: _Frame | None = None  # newest interim frame not yet shown
         self._dirty = asyncio.Event()
         self._next_edit = 0.0
-        self._finished = False
+        self._finished = asyncio.Event()  # the stream ended: only the final text is left
         self._use_drafts = profile.use_drafts  # cleared if the platform refuses drafts
         self._placeholder_tried = False
         self.outcome = ReplyOutcome()
@@ -165,20 +211,20 @@ class StreamingReply:
             # After the placeholder, not beside it: one request at a time per reply at first.
             typing = asyncio.create_task(self._keep_typing())
             async for update in updates:
-                if isinstance(update, Waiting):
+                if isinstance(update, Queued):
                     await self._status(self._profile.texts.waiting.format(position=update.position))
-                elif isinstance(update, Thinking):
+                elif isinstance(update, Started):
                     await self._status(self._profile.texts.thinking)
-                elif isinstance(update, Partial):
-                    self._frame(update.text)
+                elif isinstance(update, TextSoFar):
+                    self._show_later(_Frame(FrameKind.ANSWER, update.text))
                 elif isinstance(update, Finished):
                     final_text = self._final_text(update)
                 elif isinstance(update, Busy):
-                    final_text, self.outcome.status = self._profile.texts.busy, "busy"
+                    final_text, self.outcome.status = self._profile.texts.busy, ReplyStatus.BUSY
                 elif isinstance(update, Rejected):
-                    final_text, self.outcome.status = update.reason, "rejected"
+                    final_text, self.outcome.status = update.reason, ReplyStatus.REJECTED
         finally:
-            self._finished = True
+            self._finished.set()
             if typing is not None:
                 typing.cancel()
             # Let an edit in flight complete (cancelling mid-request leaves its fate unknown),
@@ -189,7 +235,8 @@ class StreamingReply:
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
         if final_text is None:  # the stream ended without a final state (should not happen)
-            final_text, self.outcome.status = self._profile.texts.stopped, "interrupted"
+            final_text = self._profile.texts.stopped
+            self.outcome.status = ReplyStatus.INTERRUPTED
         await self._land(final_text)
         return self.outcome
 
@@ -211,25 +258,22 @@ class StreamingReply:
                 # the final text has its own retries.
                 log.warning("placeholder not shown", exc_info=True)
         elif not self._pager.pages:
-            self._frame_status(text)
+            self._show_later(_Frame(FrameKind.STATUS, text))
 
-    def _frame_status(self, text: str) -> None:
-        self._latest = "\x00" + text  # marks a status (no paging, no cursor)
-        self._dirty.set()
-
-    def _frame(self, text: str) -> None:
-        self._latest = text
+    def _show_later(self, frame: _Frame) -> None:
+        """Make ``frame`` the next to show; the flush loop writes the newest when allowed."""
+        self._latest = frame
         self._dirty.set()
 
     async def _flush_loop(self) -> None:
         while True:
             await self._dirty.wait()
-            if self._finished:
+            if self._finished.is_set():
                 return
             wait = self._next_edit - self._clock()
             if wait > 0:
                 await self._sleep(wait)
-                if self._finished:
+                if self._finished.is_set():
                     return
             self._dirty.clear()
             frame, self._latest = self._latest, None
@@ -262,11 +306,11 @@ class StreamingReply:
                 self._in_request = False
             self._next_edit = self._clock() + self._profile.edit_interval
 
-    async def _show_frame(self, frame: str) -> None:
-        if frame.startswith("\x00"):
-            await self._deliver_interim(0, frame[1:])
+    async def _show_frame(self, frame: _Frame) -> None:
+        if frame.kind is FrameKind.STATUS:
+            await self._deliver_interim(0, frame.text)
             return
-        pages = self._pager.update(frame)
+        pages = self._pager.update(frame.text)
         final_count = self._pager.final_count
         if self._final_pages < final_count:
             # A page can no longer change: deliver it for good first. One write per interval,
@@ -329,16 +373,16 @@ class StreamingReply:
         texts = self._profile.texts
         parts = [update.text.strip()] if update.text.strip() else []
         if update.status is TurnStatus.COMPLETE:
-            self.outcome.status = "complete"
+            self.outcome.status = ReplyStatus.COMPLETE
             if not parts:
                 parts.append(texts.empty)
             if update.history_trimmed:
                 parts.append(texts.trimmed)
         elif update.status is TurnStatus.INTERRUPTED:
-            self.outcome.status = "interrupted"
+            self.outcome.status = ReplyStatus.INTERRUPTED
             parts.append(texts.stopped)
         else:
-            self.outcome.status = "failed"
+            self.outcome.status = ReplyStatus.FAILED
             message = update.error.user_message if update.error else "Something went wrong."
             parts.append(texts.failed.format(error=message))
         return "\n\n".join(parts)
@@ -391,7 +435,7 @@ class StreamingReply:
 
     async def _keep_typing(self) -> None:
         with contextlib.suppress(asyncio.CancelledError):
-            while not self._finished:
+            while not self._finished.is_set():
                 try:
                     if await self._slot(hold=False):  # cosmetic: not worth a wait or a 429
                         await self._sink.typing()

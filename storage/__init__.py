@@ -1,1 +1,2 @@
-"""Conversation storage (SQLite through aiosqlite)."""
+"""``ConversationStore`` implementations (the seam is ``rtxrelay.core.store``): SQLite through
+aiosqlite."""

@@ -15,7 +15,7 @@ from tests.replica.launcher import Replica
 from tests.replica.variants import VARIANTS
 
 # PTB constructs RetryAfter through a deprecated property unless this is set; under
-# -W error that warning would replace the exception (see research/platform-fakes.md §2.6).
+# -W error that warning would replace the exception (docs/platforms.md#telegram-gotchas).
 os.environ["PTB_TIMEDELTA"] = "true"
 # Loopback must never go through a proxy the CI machine might have configured.
 for _name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):

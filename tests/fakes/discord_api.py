@@ -3,9 +3,9 @@
 The fake is an aiohttp app on 127.0.0.1 (ephemeral port): REST under ``/api/v10`` and the gateway
 websocket at ``/``. discord.py is pointed at it by patching two class attributes
 (``point_discord_py_at``), so its real HTTP client, rate-limit buckets, webhook adapter, gateway
-parser and zlib-stream decompressor all run. Spec and evidence: shared/research/platform-fakes.md
-§3 (protocol), §5 (limits). Behaviour not checked against discord.py source or Discord docs is
-marked "guess" in comments.
+parser and zlib-stream decompressor all run. The facts it models: docs/platforms.md (the
+Discord sections, limits and 429 shapes included). Behaviour not checked against discord.py
+source or Discord docs is marked "guess" in comments.
 """
 
 from __future__ import annotations
@@ -1301,8 +1301,8 @@ class FakeDiscord:
 
 
 def point_discord_py_at(fake: FakeDiscord, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Option A of the research: discord.py has no base-URL option, so patch the two class
-    attributes every REST Route and every fresh gateway connection read."""
+    """discord.py has no base-URL option, so patch the two class attributes every REST Route
+    and every fresh gateway connection read."""
     import discord.gateway
     import discord.http
 

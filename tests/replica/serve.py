@@ -35,7 +35,7 @@ def chat_command() -> list[str]:
     found = shutil.which("rtxrelay", path=str(scripts))
     if found:
         return [found, "chat"]
-    return [sys.executable, "-m", "rtxrelay.core.cli", "chat"]
+    return [sys.executable, "-m", "rtxrelay.app.cli", "chat"]
 
 
 def chat_env(url: str, https: bool) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """The Gradio releases the Chat with RTX replica can run on (stdlib only).
 
 Each variant is one Gradio pin plus the transitive pins that keep that old release
-working on Python 3.11 today (see shared/research/gradio-protocol.md). Every variant
+working on Python 3.11 today (see docs/gradio-protocol.md). Every variant
 gets its own venv under tests/replica/.venvs/<name>/ (built by envs.py).
 """
 

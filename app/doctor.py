@@ -1,0 +1,71 @@
+"""``rtxrelay doctor``: one line per check, each OK or what to do."""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+from rtxrelay.bots import PLATFORMS, configured_platforms
+from rtxrelay.core.errors import RelayError
+from rtxrelay.storage.sqlite_store import SqliteStore
+
+from .settings import Settings
+from .wiring import backend_session, make_backend
+
+
+async def run_doctor(settings: Settings, out: TextIO) -> int:
+    problems = 0
+
+    def ok(what: str) -> None:
+        print(f"OK    {what}", file=out)
+
+    def bad(what: str, exc: RelayError | str) -> None:
+        nonlocal problems
+        problems += 1
+        if isinstance(exc, RelayError):
+            print(f"FIX   {what}: {exc.message}", file=out)
+            if exc.hint:
+                print(f"      → {exc.hint}", file=out)
+        else:
+            print(f"FIX   {what}: {exc}", file=out)
+
+    def info(what: str) -> None:
+        print(f"--    {what}", file=out)
+
+    ok(f"settings loaded ({settings.env_file or 'environment only, no .env file'})")
+    try:
+        launch = settings.backend.launch_url()
+        settings.backend.ssl_context(launch)  # reports a bad RTX_CA_FILE / insecure setting
+    except RelayError as exc:
+        bad("RTX_URL", exc)
+    else:
+        ok(f"RTX_URL is {launch.redacted}")
+        if not launch.cookie:
+            info("RTX_URL has no ?cookie=…; Chat with RTX 0.2/0.3 will reject the session")
+        async with backend_session() as http:
+            backend = make_backend(http, settings)
+            try:
+                found = await backend.probe()
+            except RelayError as exc:
+                bad("Chat with RTX", exc)
+            else:
+                ok(
+                    f"Chat with RTX reachable (gradio {found.gradio_version}, protocol "
+                    f"{found.protocol})"
+                )
+                ok(f"chat function found: {found.chat_function}")
+                ok("session cookie accepted")
+    try:
+        async with SqliteStore(settings.database) as store:
+            await store.check_writable()
+    except RelayError as exc:
+        bad("database", exc)
+    else:
+        ok(f"database {settings.database} is writable")
+    platforms = configured_platforms(settings.env)
+    if platforms:
+        ok("bots configured: " + ", ".join(p.name for p in platforms))
+    else:
+        tokens = ", ".join(p.token_setting for p in PLATFORMS)
+        info(f"no bot token set ({tokens}): `rtxrelay run` has nothing to start")
+    print(f"\n{'All good.' if not problems else f'{problems} problem(s) to fix.'}", file=out)
+    return 0 if not problems else 1

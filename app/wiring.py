@@ -1,0 +1,55 @@
+"""Wire settings into live objects: one HTTP session, the store, the backend, the service."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+
+from rtxrelay.backends.chatrtx.backend import ChatRtxBackend
+from rtxrelay.core.conversation import ConversationService
+from rtxrelay.storage.sqlite_store import SqliteStore
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Relay:
+    settings: Settings
+    backend: ChatRtxBackend
+    store: SqliteStore
+    service: ConversationService
+
+
+def backend_session() -> aiohttp.ClientSession:
+    # trust_env=False: Chat with RTX is local; a system HTTP proxy must not see its traffic.
+    # DummyCookieJar: ChatRTX's cookie check breaks on any extra cookie in the header.
+    return aiohttp.ClientSession(trust_env=False, cookie_jar=aiohttp.DummyCookieJar())
+
+
+def make_backend(http: aiohttp.ClientSession, settings: Settings) -> ChatRtxBackend:
+    """The one place settings become a backend (relay, doctor); raises on bad settings."""
+    launch = settings.backend.launch_url()
+    return ChatRtxBackend(
+        http,
+        launch,
+        ssl_context=settings.backend.ssl_context(launch),
+        timeouts=settings.backend.timeouts,
+        chat_fn=settings.backend.chat_fn,
+    )
+
+
+@asynccontextmanager
+async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
+    settings.backend.ssl_context(settings.backend.launch_url())  # fail fast on bad settings
+    async with backend_session() as http, SqliteStore(settings.database) as store:
+        recovered = await store.recover_pending()
+        if recovered:
+            log.info("marked %d unfinished answer(s) from a previous run as interrupted", recovered)
+        backend = make_backend(http, settings)
+        yield Relay(settings, backend, store, ConversationService(backend, store, settings.limits))

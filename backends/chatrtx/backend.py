@@ -1,0 +1,295 @@
+"""Chat with RTX on top of the Gradio queue client.
+
+Finds the streaming chat function in ``/config`` by its structure (a generator whose inputs
+and outputs are the chatbot and the session state), runs the UI's session check first, sends
+the conversation the way the web UI does (``[[q, a], …, [question, None]]``) and turns the
+chatbot's growing HTML into neutral Markdown updates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from rtxrelay.core.backend import (
+    BackendInfo,
+    BackendUpdate,
+    Done,
+    Exchange,
+    Failed,
+    Queued,
+    Started,
+    TextSoFar,
+)
+from rtxrelay.core.errors import BackendError, BackendErrorKind
+
+from .answer_html import StreamingConverter, convert_answer
+from .gradio_client import GradioApp, GradioQueueClient, JobOutput, JobQueued, JobStarted, Timeouts
+from .launch_url import LaunchUrl
+
+Json = Any
+
+
+@dataclass(frozen=True)
+class ChatFunction:
+    fn_index: int
+    api_name: str | None
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    chatbot_id: int
+    messages_format: bool  # gradio 5 chatbots may hold {"role", "content"} dicts
+    trigger_id: int | None
+    validators: tuple[int, ...]  # the chain's session checks, in order
+
+    @property
+    def label(self) -> str:
+        name = f" ({self.api_name})" if self.api_name else ""
+        return f"fn_index {self.fn_index}{name}"
+
+
+def find_chat_function(app: GradioApp, override: str | None = None) -> ChatFunction:
+    """Pick the chat function by structure, or by ``override`` (an fn_index or api_name)."""
+    deps = app.dependencies
+    candidates: list[tuple[int, int]] = []  # (score, index)
+    for index, dep in enumerate(deps):
+        if override is not None:
+            if override.strip() in (str(index), str(dep.get("id")), str(dep.get("api_name"))):
+                candidates.append((1_000, index))
+            continue
+        if not _is_generator(dep):
+            continue
+        chatbots = [i for i in dep.get("inputs", []) if _type(app, i) == "chatbot"]
+        if not chatbots or chatbots[0] not in dep.get("outputs", []):
+            continue
+        score = 10
+        types = [_type(app, i) or "" for i in dep.get("inputs", [])]
+        if sorted(types) == ["chatbot", "state"] and dep.get("inputs") == dep.get("outputs"):
+            score += 10
+        if (app.components[chatbots[0]].get("props") or {}).get("elem_id") == "main-chatbot-window":
+            score += 5
+        # Retry and sample-question chains stream into the chatbot too; the send chain is the
+        # one a textbox submit starts.
+        root = deps[_chain(deps, index)[0]]
+        if any(isinstance(t, list | tuple) and "submit" in t for t in root.get("targets") or []):
+            score += 3
+        candidates.append((score, index))
+    if not candidates:
+        if override is not None:
+            raise BackendError(
+                BackendErrorKind.NOT_CHATRTX,
+                f"RTX_CHAT_FN={override!r} matches no function of this Gradio app.",
+                hint="Unset RTX_CHAT_FN to let rtxrelay find the chat function itself.",
+            )
+        raise BackendError(
+            BackendErrorKind.NOT_CHATRTX,
+            "This Gradio app has no streaming chat function (a generator over a chatbot): "
+            "it does not look like Chat with RTX.",
+            hint="Check RTX_URL points at Chat with RTX; for a customised build set RTX_CHAT_FN "
+            "to the chat function's fn_index.",
+        )
+    candidates.sort(key=lambda c: (-c[0], c[1]))
+    index = candidates[0][1]
+    dep = deps[index]
+    inputs = tuple(int(i) for i in dep.get("inputs", []))
+    chatbot_id = next(
+        (i for i in inputs if _type(app, i) == "chatbot"), inputs[0] if inputs else -1
+    )
+    props = app.components.get(chatbot_id, {}).get("props") or {}
+    chain = _chain(deps, index)
+    return ChatFunction(
+        fn_index=int(dep.get("id", index)),
+        api_name=dep.get("api_name") if isinstance(dep.get("api_name"), str) else None,
+        inputs=inputs,
+        outputs=tuple(int(i) for i in dep.get("outputs", [])),
+        chatbot_id=chatbot_id,
+        messages_format=props.get("type") == "messages",
+        trigger_id=_trigger_id(deps, chain[0] if chain else index),
+        validators=tuple(
+            int(deps[i].get("id", i))
+            for i in chain
+            if i != index
+            and not deps[i].get("inputs")
+            and not deps[i].get("outputs")
+            and deps[i].get("backend_fn", True)
+        ),
+    )
+
+
+def _is_generator(dep: dict[str, Json]) -> bool:
+    types = dep.get("types") or {}
+    return bool(types.get("generator") or dep.get("generator"))
+
+
+def _type(app: GradioApp, component_id: Json) -> str | None:
+    try:
+        return app.components.get(int(component_id), {}).get("type")
+    except (TypeError, ValueError):
+        return None
+
+
+def _chain(deps: list[dict[str, Json]], index: int) -> list[int]:
+    """The dependencies that run before ``index`` in its .then()/.success() chain, root first."""
+    chain = [index]
+    seen = {index}
+    current = deps[index].get("trigger_after")
+    while isinstance(current, int) and 0 <= current < len(deps) and current not in seen:
+        chain.append(current)
+        seen.add(current)
+        current = deps[current].get("trigger_after")
+    return list(reversed(chain))
+
+
+def _trigger_id(deps: list[dict[str, Json]], root: int) -> int | None:
+    for target in deps[root].get("targets") or []:
+        if isinstance(target, list | tuple) and target and isinstance(target[0], int):
+            return target[0]
+    return None
+
+
+class ChatRtxBackend:
+    """Answers questions through a running Chat with RTX (0.2/0.3, Gradio 4.14+)."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        launch: LaunchUrl,
+        *,
+        ssl_context: ssl.SSLContext | bool = True,
+        timeouts: Timeouts | None = None,
+        chat_fn: str | None = None,
+    ) -> None:
+        self._launch = launch
+        self._client = GradioQueueClient(
+            session,
+            launch.base_url,
+            headers=launch.cookie_header,
+            ssl_context=ssl_context,
+            timeouts=timeouts,
+            display_url=launch.redacted,
+        )
+        self._chat_fn_override = chat_fn
+        self._app: GradioApp | None = None
+        self._chat: ChatFunction | None = None
+        self._validated = False
+        self._connect_lock = asyncio.Lock()
+
+    async def probe(self) -> BackendInfo:
+        self._forget()
+        app, chat = await self._connect()
+        await self._validate(app, chat, session="rtxrelay-probe")
+        return BackendInfo(
+            url=self._launch.redacted,
+            gradio_version=app.version,
+            protocol=app.protocol,
+            chat_function=chat.label,
+        )
+
+    async def stream_answer(
+        self, question: str, history: Sequence[Exchange], *, session: str
+    ) -> AsyncGenerator[BackendUpdate, None]:
+        text = ""
+        converter = StreamingConverter()
+        try:
+            app, chat = await self._connect()
+            if not self._validated:
+                await self._validate(app, chat, session)
+            data = self._inputs(app, chat, question, history)
+            async for event in self._client.run(
+                app, chat.fn_index, data, session_hash=session, trigger_id=chat.trigger_id
+            ):
+                if isinstance(event, JobQueued):
+                    yield Queued(event.rank + 1, event.queue_size, event.eta)
+                elif isinstance(event, JobStarted):
+                    yield Started()
+                elif isinstance(event, JobOutput):
+                    raw = self._answer(app, chat, event.data)
+                    if event.final:
+                        converted = convert_answer(raw)
+                        yield Done(converted.text, raw, converted.references)
+                        return
+                    new = converter.feed(raw)
+                    if new != text:
+                        delta = new[len(text) :] if new.startswith(text) else ""
+                        text = new
+                        yield TextSoFar(text, delta)
+            raise BackendError(
+                BackendErrorKind.STOPPED, "The answer stream ended without a final answer."
+            )
+        except BackendError as error:
+            self._forget()
+            yield Failed(error, partial_text=text)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    async def _connect(self) -> tuple[GradioApp, ChatFunction]:
+        async with self._connect_lock:
+            if self._app is None or self._chat is None:
+                app = await self._client.fetch_config()
+                self._chat = find_chat_function(app, self._chat_fn_override)
+                self._app = app
+            return self._app, self._chat
+
+    async def _validate(self, app: GradioApp, chat: ChatFunction, session: str) -> None:
+        """Run the UI's session checks (they raise 'Invalid session' on a wrong cookie)."""
+        for fn_index in chat.validators:
+            async for _ in self._client.run(
+                app, fn_index, [], session_hash=session, trigger_id=chat.trigger_id
+            ):
+                pass
+        self._validated = True
+
+    def _forget(self) -> None:
+        """After any failure, re-read /config next time: the app may have been restarted."""
+        self._app = None
+        self._chat = None
+        self._validated = False
+
+    @staticmethod
+    def _inputs(
+        app: GradioApp, chat: ChatFunction, question: str, history: Sequence[Exchange]
+    ) -> list[Json]:
+        values: list[Json] = []
+        for component_id in chat.inputs:
+            kind = _type(app, component_id)
+            if component_id == chat.chatbot_id:
+                if chat.messages_format:
+                    turns: list[Json] = []
+                    for ex in history:
+                        turns += [
+                            {"role": "user", "content": ex.question},
+                            {"role": "assistant", "content": ex.answer},
+                        ]
+                    turns.append({"role": "user", "content": question})
+                    values.append(turns)
+                else:
+                    pairs: list[Json] = [[ex.question, ex.answer] for ex in history]
+                    pairs.append([question, None])
+                    values.append(pairs)
+            elif kind == "textbox":
+                values.append("")  # the UI has already moved the question into the chatbot
+            else:
+                values.append(None)  # gr.State: the server keeps it per session_hash
+        return values
+
+    @staticmethod
+    def _answer(app: GradioApp, chat: ChatFunction, data: list[Json]) -> str:
+        try:
+            value = data[chat.outputs.index(chat.chatbot_id)]
+        except (ValueError, IndexError) as exc:
+            raise BackendError(
+                BackendErrorKind.PROTOCOL, "The chat function's output has no chatbot value."
+            ) from exc
+        if not isinstance(value, list) or not value:
+            return ""
+        last = value[-1]
+        if isinstance(last, dict):  # messages format
+            return str(last.get("content") or "") if last.get("role") == "assistant" else ""
+        if isinstance(last, list | tuple) and len(last) >= 2:
+            answer = last[1]
+            return answer if isinstance(answer, str) else ""
+        return ""

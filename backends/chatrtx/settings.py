@@ -1,0 +1,77 @@
+"""Chat with RTX's settings: its launch URL, TLS trust and timeouts (``RTX_*``)."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from rtxrelay.core.env import Env
+from rtxrelay.core.errors import ConfigError, RelayError
+
+from .gradio_client import Timeouts
+from .launch_url import LaunchUrl, parse_launch_url
+
+
+@dataclass(frozen=True)
+class ChatRtxSettings:
+    url: str | None  # raw RTX_URL; parsed lazily so commands that don't need it still run
+    ca_file: Path | None
+    insecure_localhost: bool
+    chat_fn: str | None
+    timeouts: Timeouts
+
+    @classmethod
+    def from_env(cls, env: Env) -> ChatRtxSettings:
+        return cls(
+            url=env.str("RTX_URL"),
+            ca_file=Path(ca) if (ca := env.str("RTX_CA_FILE")) else None,
+            insecure_localhost=env.bool("RTX_INSECURE_LOCALHOST", False),
+            chat_fn=env.str("RTX_CHAT_FN"),
+            timeouts=Timeouts(
+                connect=env.seconds("RTX_CONNECT_TIMEOUT", 10.0),
+                first_event=env.seconds("RTX_FIRST_EVENT_TIMEOUT", 30.0),
+                idle=env.seconds("RTX_IDLE_TIMEOUT", 120.0),
+                total=env.seconds("RTX_TOTAL_TIMEOUT", 900.0),
+            ),
+        )
+
+    def launch_url(self) -> LaunchUrl:
+        if not self.url:
+            raise ConfigError(
+                "RTX_URL is not set.",
+                hint="Start Chat with RTX, copy the 'http://127.0.0.1:PORT?cookie=…' URL it "
+                "prints into RTX_URL (in .env or the environment). `rtxrelay discover` finds "
+                "the port.",
+            )
+        return parse_launch_url(self.url)
+
+    def cookie(self) -> str | None:
+        """The session cookie, a secret to keep out of logs; None when RTX_URL is unusable."""
+        try:
+            return self.launch_url().cookie or None
+        except RelayError:  # unset or malformed: reported where it is used, not here
+            return None
+
+    def ssl_context(self, launch: LaunchUrl) -> ssl.SSLContext | bool:
+        """TLS policy: verify by default; a CA file, or an explicit loopback-only opt-out."""
+        if launch.scheme != "https":
+            return True
+        if self.ca_file is not None:
+            if not self.ca_file.is_file():
+                raise ConfigError(
+                    f"RTX_CA_FILE={self.ca_file} does not exist.",
+                    hint="Point it at Chat with RTX's certificate (.pem) or unset it.",
+                )
+            return ssl.create_default_context(cafile=str(self.ca_file))
+        if self.insecure_localhost:
+            if not launch.is_loopback:
+                raise ConfigError(
+                    "RTX_INSECURE_LOCALHOST=1 only applies to Chat with RTX on this PC "
+                    f"(127.0.0.1/localhost), not {launch.host}.",
+                    hint="Set RTX_CA_FILE to its certificate instead.",
+                )
+            # Chat with RTX 0.3 generates its own self-signed certificate at install time.
+            # Skipping verification is safe only because the traffic never leaves the machine.
+            return False
+        return True

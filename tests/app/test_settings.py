@@ -1,0 +1,76 @@
+"""Settings: the .env file and the environment, clear errors, TLS policy, secrets kept out
+of logs."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+
+from rtxrelay.app.log_redaction import MASK, RedactingFormatter
+from rtxrelay.app.settings import load_settings, secrets
+from rtxrelay.core.errors import ConfigError
+
+# -- settings -------------------------------------------------------------------------------------
+
+
+def test_settings_from_env_file_and_environment(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text('RTX_URL="http://127.0.0.1:5000?cookie=abc"\nHISTORY_TURNS=3\n')
+    settings = load_settings({"HISTORY_TURNS": "5"}, env_file)
+    assert settings.backend.launch_url().port == 5000
+    assert settings.limits.history_turns == 5  # the real environment wins over .env
+    assert settings.env_file == env_file
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("HISTORY_TURNS", "lots", "HISTORY_TURNS='lots' is not a whole number"),
+        ("MAX_CONCURRENT_JOBS", "0", "MAX_CONCURRENT_JOBS=0 is out of range"),
+        ("RTX_IDLE_TIMEOUT", "-1", "RTX_IDLE_TIMEOUT=-1 is out of range"),
+        ("RTX_INSECURE_LOCALHOST", "maybe", "is not a yes/no value"),
+        ("LOG_LEVEL", "LOUD", "is not a log level"),
+    ],
+)
+def test_malformed_settings_name_the_variable(name: str, value: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings({name: value}, None)
+    assert expected in excinfo.value.message
+
+
+def test_tls_settings(tmp_path: Path) -> None:
+    https = "https://127.0.0.1:5000?cookie=a"
+    remote = load_settings({"RTX_URL": "https://192.168.1.5:5000?cookie=a",
+                            "RTX_INSECURE_LOCALHOST": "1"}, None)
+    with pytest.raises(ConfigError) as excinfo:
+        remote.backend.ssl_context(remote.backend.launch_url())
+    assert "RTX_CA_FILE" in excinfo.value.hint
+    local = load_settings({"RTX_URL": https, "RTX_INSECURE_LOCALHOST": "yes"}, None)
+    assert local.backend.ssl_context(local.backend.launch_url()) is False
+    missing = load_settings({"RTX_URL": https, "RTX_CA_FILE": str(tmp_path / "nope.pem")}, None)
+    with pytest.raises(ConfigError):
+        missing.backend.ssl_context(missing.backend.launch_url())
+    with pytest.raises(ConfigError) as unset:
+        load_settings({}, None).backend.launch_url()
+    assert "discover" in unset.value.hint
+
+
+def test_log_redaction_masks_tokens_cookie_and_tracebacks() -> None:
+    token = "7000001234:AAsecretsecretsecret"
+    settings = load_settings({"TELEGRAM_TOKEN": token, "DISCORD_TOKEN": "x",
+                              "RTX_URL": "http://127.0.0.1:5000?cookie=cookie-uuid-1234"}, None)
+    formatter = RedactingFormatter(logging.Formatter("%(message)s"), secrets(settings))
+    try:
+        raise ValueError(f"The token `{token}` was rejected")
+    except ValueError:
+        record = logging.LogRecord("t", logging.ERROR, __file__, 1,
+                                   "POST /bot%s/getMe cookie=%s", (token, "cookie-uuid-1234"),
+                                   sys.exc_info())
+    text = formatter.format(record)
+    assert token not in text and "AAsecretsecretsecret" not in text
+    assert "cookie-uuid-1234" not in text and MASK in text
+    assert "rejected" in text  # the rest of the line and the traceback stay readable
+    assert "x" in formatter.format(logging.LogRecord("t", 20, __file__, 1, "x", (), None))

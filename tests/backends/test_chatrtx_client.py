@@ -1,0 +1,261 @@
+"""The Chat with RTX client over real sockets against real Gradio replicas of every protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import ssl
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from rtxrelay.backends.chatrtx.answer_html import convert_answer
+from rtxrelay.backends.chatrtx.backend import ChatRtxBackend, find_chat_function
+from rtxrelay.backends.chatrtx.gradio_client import GradioQueueClient, Timeouts
+from rtxrelay.backends.chatrtx.launch_url import parse_launch_url
+from rtxrelay.core.backend import Done, Exchange, Failed, Queued, Started, TextSoFar
+from rtxrelay.core.errors import BackendError, BackendErrorKind
+from tests.replica import fake_model
+from tests.replica.launcher import Replica, free_port
+from tests.replica.variants import VARIANTS
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def backend_for(http: aiohttp.ClientSession, url: str, **kwargs: object) -> ChatRtxBackend:
+    return ChatRtxBackend(http, parse_launch_url(url), **kwargs)  # type: ignore[arg-type]
+
+
+async def collect(backend: ChatRtxBackend, question: str, history: list[Exchange] | None = None,
+                  session: str = "t-session") -> list[object]:
+    updates: list[object] = []
+    async with asyncio.timeout(60):
+        async for update in backend.stream_answer(question, history or [], session=session):
+            updates.append(update)
+    return updates
+
+
+async def test_streams_the_models_text_on_every_protocol(
+    rtx: Replica, http: aiohttp.ClientSession
+) -> None:
+    backend = backend_for(http, rtx.url)
+    info = await backend.probe()
+    assert info.protocol == VARIANTS[rtx.variant.name].protocol
+    history = [Exchange("first question", "first answer")]
+    question = "what is RTX? [refs] [len=1500]"
+    updates = await collect(backend, question, history)
+
+    expected_raw = fake_model.answer_text(question, [["first question", "first answer"]])
+    final = updates[-1]
+    assert isinstance(final, Done)
+    assert final.raw == expected_raw
+    assert final.text == convert_answer(expected_raw).text
+    assert final.references == ("notes.txt", "report.pdf")
+    assert "C:\\" not in final.text and "data-link" not in final.text
+    texts = [u for u in updates if isinstance(u, TextSoFar)]
+    assert len(texts) > 20, "the answer must arrive as a stream, not in one piece"
+    for before, after in itertools.pairwise(texts):
+        assert after.text.startswith(before.text)
+        assert after.delta == after.text[len(before.text):]
+    assert final.text.startswith(texts[-1].text)
+    assert any(isinstance(u, Started) for u in updates)
+    assert isinstance(updates[0], Queued | Started)
+
+
+async def test_history_reaches_the_backend(rtx_426: Replica, http: aiohttp.ClientSession) -> None:
+    backend = backend_for(http, rtx_426.url)
+    history = [Exchange("my name is Ada", "Hello Ada"), Exchange("I like GPUs", "Nice")]
+    updates = await collect(backend, "what did I say? [recall]", history)
+    final = updates[-1]
+    assert isinstance(final, Done)
+    assert "- my name is Ada" in final.text and "- I like GPUs" in final.text
+
+
+async def test_wrong_or_missing_cookie_is_rejected_with_a_fix(
+    rtx: Replica, http: aiohttp.ClientSession
+) -> None:
+    wrong = "00000000-0000-0000-0000-000000000000"
+    for url in (f"{rtx.base_url}?cookie={wrong}", rtx.base_url):
+        updates = await collect(backend_for(http, url), "hello")
+        assert len(updates) == 1 and isinstance(updates[0], Failed)
+        error = updates[0].error
+        assert error.kind is BackendErrorKind.SESSION_REJECTED
+        assert "RTX_URL" in error.hint and "cookie" in error.hint
+        assert "00000000-0000" not in str(error)  # the credential never lands in messages
+
+
+async def test_https_with_ca_file_or_loopback_opt_in(
+    rtx_https: Replica, http: aiohttp.ClientSession
+) -> None:
+    assert rtx_https.url.startswith("https://") and rtx_https.ca_file is not None
+    strict = backend_for(http, rtx_https.url)
+    updates = await collect(strict, "hi")
+    assert isinstance(updates[-1], Failed) and updates[-1].error.kind is BackendErrorKind.TLS
+    assert "RTX_CA_FILE" in updates[-1].error.hint
+
+    with_ca = backend_for(
+        http, rtx_https.url, ssl_context=ssl.create_default_context(cafile=str(rtx_https.ca_file))
+    )
+    assert isinstance((await collect(with_ca, "hi"))[-1], Done)
+    insecure = backend_for(http, rtx_https.url, ssl_context=False)
+    assert isinstance((await collect(insecure, "hi"))[-1], Done)
+
+
+async def test_backend_down_is_reported_quickly(http: aiohttp.ClientSession) -> None:
+    backend = backend_for(http, f"http://127.0.0.1:{free_port()}?cookie=abc")
+    updates = await collect(backend, "hello")
+    assert isinstance(updates[-1], Failed)
+    assert updates[-1].error.kind is BackendErrorKind.UNREACHABLE
+    assert "discover" in updates[-1].error.hint
+
+
+async def test_model_failure_keeps_the_partial_answer(
+    rtx_426: Replica, http: aiohttp.ClientSession
+) -> None:
+    updates = await collect(backend_for(http, rtx_426.url), "boom [fail]")
+    final = updates[-1]
+    assert isinstance(final, Failed) and final.error.kind is BackendErrorKind.FAILED
+    assert final.partial_text.startswith("[turns=0] You asked: boom.")
+    visible = await collect(backend_for(http, rtx_426.url), "oops [error]")
+    assert isinstance(visible[-1], Failed) and "Model failed" in str(visible[-1].error)
+
+
+async def test_idle_timeout_names_the_setting(http: aiohttp.ClientSession) -> None:
+    # A stalled model blocks Chat with RTX's one-at-a-time queue for good (Gradio can only
+    # stop a generator between two yields), so this test gets a replica of its own.
+    async with Replica("4.26", token_delay=0.001) as rtx:
+        backend = backend_for(http, rtx.url, timeouts=Timeouts(idle=0.5))
+        updates = await collect(backend, "hang [stall]")
+    final = updates[-1]
+    assert isinstance(final, Failed) and final.error.kind is BackendErrorKind.TIMEOUT
+    assert "RTX_IDLE_TIMEOUT" in final.error.hint
+    assert final.partial_text.startswith("[turns=0] You asked: hang.")
+
+
+async def test_cancel_stops_the_job_on_the_server(
+    rtx_426: Replica, http: aiohttp.ClientSession
+) -> None:
+    backend = backend_for(http, rtx_426.url)
+    stream = backend.stream_answer("long one [len=20000] [delay=0.01]", [], session="cancel-me")
+    async with asyncio.timeout(30):
+        async for update in stream:
+            if isinstance(update, TextSoFar):
+                break
+        await stream.aclose()
+        # Chat with RTX answers one question at a time: if the job still ran, this would wait.
+        updates = await collect(backend_for(http, rtx_426.url, timeouts=Timeouts(total=10)), "hi")
+    assert isinstance(updates[-1], Done)
+
+
+async def test_killed_mid_answer_and_restarted_on_a_new_port(http: aiohttp.ClientSession) -> None:
+    async with Replica("4.26", token_delay=0.001) as rtx:
+        old_url = rtx.url
+        updates = await collect(backend_for(http, old_url), "going down [die]")
+        final = updates[-1]
+        assert isinstance(final, Failed) and final.error.kind is BackendErrorKind.STOPPED
+        assert final.partial_text.startswith("[turns=0]")  # what arrived before the crash
+
+        await rtx.restart()
+        assert rtx.url != old_url
+        stale = await collect(backend_for(http, old_url), "hello again")
+        assert isinstance(stale[-1], Failed)
+        assert stale[-1].error.kind is BackendErrorKind.UNREACHABLE
+        assert "RTX_URL" in stale[-1].error.hint
+        assert isinstance((await collect(backend_for(http, rtx.url), "hello again"))[-1], Done)
+
+
+async def test_chat_function_is_found_by_structure_not_index(
+    rtx: Replica, http: aiohttp.ClientSession
+) -> None:
+    client = GradioQueueClient(http, rtx.base_url)
+    app = await client.fetch_config()
+    chat = find_chat_function(app)
+    dep = app.dependencies[chat.fn_index]
+    kinds = [app.components[i]["type"] for i in dep["inputs"]]
+    assert kinds == ["chatbot", "state"] and dep["inputs"] == dep["outputs"]
+    assert chat.fn_index > 10  # behind the model/dataset controls, as in the real app
+    assert chat.validators, "the session checks of the send chain must be found"
+    override = find_chat_function(app, str(chat.fn_index))
+    assert override.fn_index == chat.fn_index
+    with pytest.raises(BackendError) as excinfo:
+        find_chat_function(app, "no_such_function")
+    assert excinfo.value.kind is BackendErrorKind.NOT_CHATRTX
+
+
+# -- servers that are not Chat with RTX, or that misbehave ----------------------------------------
+
+
+async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}?cookie=abc"
+
+
+async def test_a_url_that_is_not_gradio_or_not_chatrtx(http: aiohttp.ClientSession) -> None:
+    async def not_found(request: web.Request) -> web.Response:
+        return web.Response(status=404, text="nothing here")
+
+    async def other_gradio(request: web.Request) -> web.Response:
+        return web.json_response({
+            "version": "4.26.0", "protocol": "sse_v3",
+            "components": [{"id": 1, "type": "textbox", "props": {}},
+                           {"id": 2, "type": "image", "props": {}}],
+            "dependencies": [{"targets": [[1, "submit"]], "inputs": [1], "outputs": [2],
+                              "types": {"generator": False}, "trigger_after": None}],
+        })
+
+    for handler, kind in ((not_found, BackendErrorKind.NOT_GRADIO),
+                          (other_gradio, BackendErrorKind.NOT_CHATRTX)):
+        app = web.Application()
+        app.router.add_get("/config", handler)
+        runner, url = await _serve(app)
+        try:
+            updates = await collect(backend_for(http, url), "hello")
+        finally:
+            await runner.cleanup()
+        assert isinstance(updates[-1], Failed) and updates[-1].error.kind is kind
+        assert "RTX_URL" in updates[-1].error.hint or "RTX_CHAT_FN" in updates[-1].error.hint
+
+
+async def test_stream_cut_mid_event(rtx_426: Replica, http: aiohttp.ClientSession) -> None:
+    """A proxy in front of a real replica that forwards /config but cuts the answer stream."""
+    async def config(request: web.Request) -> web.Response:
+        async with http.get(rtx_426.base_url + "/config") as resp:
+            return web.Response(body=await resp.read(), content_type="application/json")
+
+    async def join(request: web.Request) -> web.Response:
+        return web.json_response({"event_id": "e1"})
+
+    async def data(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"msg":"process_starts","event_id":"e1"}\n\n')
+        await resp.write(b'data: {"msg":"process_generating","event_id":"e1","output":{"da')
+        return resp  # connection closes mid-event
+
+    async def completed(request: web.Request) -> web.Response:
+        return web.json_response({"event_id": "e1"})
+
+    app = web.Application()
+    app.router.add_get("/config", config)
+    app.router.add_post("/queue/join", join)
+    app.router.add_get("/queue/data", data)
+    app.router.add_post("/reset", completed)
+    runner, url = await _serve(app)
+    try:
+        backend = backend_for(http, url)
+        backend._validated = True  # the fake has no session-check functions to run
+        updates = await collect(backend, "hello")
+    finally:
+        await runner.cleanup()
+    final = updates[-1]
+    assert isinstance(final, Failed) and final.error.kind is BackendErrorKind.STOPPED
+    assert "middle of a message" in final.error.message

@@ -1,0 +1,220 @@
+"""The real python-telegram-bot application against the fake Bot API and the ChatRTX replica."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from rtxrelay.backends.chatrtx.answer_html import convert_answer
+from rtxrelay.backends.chatrtx.backend import ChatRtxBackend
+from rtxrelay.backends.chatrtx.launch_url import parse_launch_url
+from rtxrelay.bots.telegram_bot import TelegramBot, TelegramSettings
+from rtxrelay.core.conversation import ConversationService
+from rtxrelay.core.store import TurnStatus
+from rtxrelay.storage.sqlite_store import SqliteStore
+from tests.fakes.telegram_api import FakeTelegram
+from tests.replica import fake_model
+from tests.replica.launcher import Replica, free_port
+from tests.support.virtual_clock import VirtualClock
+
+
+@dataclass
+class Rig:
+    fake: FakeTelegram
+    bot: TelegramBot
+    store: SqliteStore
+    clock: VirtualClock
+
+
+@pytest.fixture
+async def make_rig(rtx_426: Replica, tmp_path: Path) -> AsyncIterator[object]:
+    stack: list[tuple[asyncio.Event, asyncio.Task[None], FakeTelegram, SqliteStore]] = []
+    http = aiohttp.ClientSession()
+
+    async def make(*, url: str | None = None, per_chat_rate: tuple[int, float] | None = None,
+                   **settings: object) -> Rig:
+        clock = VirtualClock(1_000.0)
+        fake = FakeTelegram(per_chat_rate=per_chat_rate, clock=clock)
+        await fake.__aenter__()
+        store = SqliteStore(tmp_path / f"relay{len(stack)}.db")
+        await store.open()
+        backend = ChatRtxBackend(http, parse_launch_url(url or rtx_426.url))
+        service = ConversationService(backend, store)
+        config = TelegramSettings(token=fake.token, api_base_url=fake.base_url, **settings)
+        bot = TelegramBot(service, config, clock=clock, sleep=clock.sleep)
+        stop = asyncio.Event()
+        task = asyncio.create_task(bot.run(stop))
+        await fake.wait_until(lambda: fake.parked_polls >= 1, timeout=10)
+        stack.append((stop, task, fake, store))
+        return Rig(fake, bot, store, clock)
+
+    yield make
+    for stop, task, fake, store in reversed(stack):
+        stop.set()
+        async with asyncio.timeout(15):
+            await task
+        await fake.__aexit__(None, None, None)
+        await store.close()
+    await http.close()
+
+
+def expected(question: str, history: list[list[str | None]] | None = None) -> str:
+    return convert_answer(fake_model.answer_text(question, history or [])).text
+
+
+async def final_text(fake: FakeTelegram, chat_id: int, want: str, timeout: float = 20) -> str:
+    await fake.wait_until(lambda: want in fake.chat_text(chat_id), timeout=timeout)
+    return fake.chat_text(chat_id)
+
+
+async def test_private_chat_streams_through_drafts_then_sends_the_answer(make_rig) -> None:
+    rig: Rig = await make_rig()
+    user = rig.fake.make_user("Alice")
+    rig.fake.inject_private_text(user, "what is RTX? [len=600]")
+    want = expected("what is RTX? [len=600]")
+    text = await final_text(rig.fake, user["id"], want[-40:])
+    assert text == want
+    assert rig.fake.drafts, "the answer streams as drafts in private chats"
+    assert rig.fake.calls_to("setMyCommands")
+
+
+async def test_group_mention_reply_and_ask_command_edit_in_place(make_rig) -> None:
+    rig: Rig = await make_rig()
+    group = rig.fake.make_group()
+    alice, bob = rig.fake.make_user("Alice"), rig.fake.make_user("Bob")
+    rig.fake.inject_group_text(group, alice, "hello there", mention_bot=True)
+    await final_text(rig.fake, group["id"], expected("hello there")[-30:])
+    edits = rig.fake.calls_to("editMessageText")
+    assert edits, "groups stream by editing the message"
+    first = rig.fake.bot_messages(group["id"])[0]
+    assert first.reply_to is not None  # answers quote the question in groups
+
+    rig.fake.inject_group_text(group, bob, "some chatter between people")
+    rig.fake.inject_group_text(group, bob, "second [recall]", command="ask")
+    want = expected("second [recall]")  # Bob's own history is empty: per-user by default
+    await final_text(rig.fake, group["id"], want[-30:])
+    asked = [c for c in rig.fake.calls_to("sendMessage") if "chatter" in str(c.params)]
+    assert not asked, "chatter not addressed to the bot is ignored"
+
+    answer = rig.fake.bot_messages(group["id"])[0]
+    rig.fake.inject_group_text(group, alice, "and more? [recall]", reply_to=answer.message_id)
+    # The reply continues Alice's conversation; Markdown bullets render as "•".
+    await final_text(rig.fake, group["id"], "• hello there")
+
+
+async def test_429_storm_keeps_the_final_text_intact(make_rig) -> None:
+    rig: Rig = await make_rig(per_chat_rate=(1, 10.0))  # stricter than our 3 s group budget
+    group = rig.fake.make_group()
+    user = rig.fake.make_user("Alice")
+    question = "storm [len=1500] [delay=0.004]"
+    rig.fake.inject_group_text(group, user, question, command="ask")
+    want = expected(question)
+    await rig.fake.wait_until(lambda: rig.fake.chat_text(group["id"]) == want, timeout=30)
+    assert any(c.status == 429 for c in rig.fake.calls), "the flood model must have pushed back"
+
+
+async def test_long_answer_is_paged_with_fences_intact(make_rig) -> None:
+    rig: Rig = await make_rig(drafts_in_private=False)
+    user = rig.fake.make_user("Alice")
+    question = "long [len=10000] [code]"
+    rig.fake.inject_private_text(user, question)
+    want = expected(question)
+    await rig.fake.wait_until(
+        lambda: want.split()[-1] in rig.fake.chat_text(user["id"])
+        and not rig.bot.answers_in_flight, timeout=30)
+    pages = rig.fake.bot_messages(user["id"])
+    assert len(pages) >= 3
+    for page in pages:
+        assert len(page.text.encode("utf-16-le")) // 2 <= 4096
+        pre = [e for e in page.entities if e["type"] == "pre"]
+        assert all(e.get("language") == "python" for e in pre)
+    joined = "".join("".join(p.text.split()) for p in pages)
+    for block in [b for b in want.split("```") if b.startswith("python")]:
+        body = "".join(block.removeprefix("python").split())
+        assert body in joined
+
+
+async def test_hostile_model_output_is_delivered_as_plain_text(make_rig) -> None:
+    rig: Rig = await make_rig()
+    user = rig.fake.make_user("Mallory")
+    hostile = "<b>bold?</b> & <a href=\"http://x\">x</a> *unbalanced `tick @everyone"
+    rig.fake.inject_private_text(user, f"[echo] {hostile}")
+    await final_text(rig.fake, user["id"], "@everyone")
+    (message,) = rig.fake.bot_messages(user["id"])
+    assert message.text == hostile
+    assert not {"bold", "text_link", "code", "italic"} & set(message.entity_types())
+
+
+async def test_busy_cancel_reset_and_retry(make_rig) -> None:
+    rig: Rig = await make_rig(drafts_in_private=False)
+    user = rig.fake.make_user("Alice")
+    chat = user["id"]
+    rig.fake.inject_private_text(user, "slow one [len=4000] [delay=0.02]")
+    await rig.fake.wait_for_call("editMessageText", timeout=20)
+    rig.fake.inject_private_text(user, "second question")
+    await final_text(rig.fake, chat, "Still answering")
+    rig.fake.inject_private_text(user, "/cancel")
+    await final_text(rig.fake, chat, "⏹ Stopped.")
+    turns = await rig.store.turns_for_key(f"telegram:{chat}:{chat}")
+    assert [t.status for t in turns] == [TurnStatus.INTERRUPTED]
+
+    rig.fake.inject_private_text(user, "/reset")
+    await final_text(rig.fake, chat, "New conversation")
+    rig.fake.inject_private_text(user, "after reset [recall]")
+    await final_text(rig.fake, chat, expected("after reset [recall]")[-20:])
+    # The tail can show in an interim frame already; /retry asked before the answer has
+    # landed would (rightly) get "still answering".
+    await rig.fake.wait_until(lambda: not rig.bot.answers_in_flight, timeout=20)
+    rig.fake.inject_private_text(user, "/retry")
+    await rig.fake.wait_until(lambda: rig.fake.chat_text(chat).count("after reset") >= 2,
+                              timeout=20)
+
+
+async def test_allowlist_and_backend_down(make_rig) -> None:
+    rig: Rig = await make_rig(allowed_users=frozenset({42}))
+    stranger = rig.fake.make_user("Eve")
+    rig.fake.inject_private_text(stranger, "let me in")
+    await final_text(rig.fake, stranger["id"], "private")
+    assert "let me in" not in str(rig.fake.calls_to("sendMessage")[-1].params)
+
+    down: Rig = await make_rig(url=f"http://127.0.0.1:{free_port()}?cookie=x")
+    user = down.fake.make_user("Alice")
+    down.fake.inject_private_text(user, "anyone home?")
+    text = await final_text(down.fake, user["id"], "not running")
+    assert "Traceback" not in text and "127.0.0.1" not in text
+    (turn,) = await down.store.turns_for_key(f"telegram:{user['id']}:{user['id']}")
+    assert turn.question == "anyone home?" and turn.status is TurnStatus.FAILED
+
+
+async def test_refused_drafts_fall_back_to_editing_a_message(make_rig) -> None:
+    rig: Rig = await make_rig()
+    rig.fake.fail_always("sendMessageDraft", 404, "Not Found")  # a Bot API server before 9.5
+    user = rig.fake.make_user("Alice")
+    question = "old server [len=1500] [delay=0.004]"
+    rig.fake.inject_private_text(user, question)
+    await rig.fake.wait_until(lambda: rig.fake.chat_text(user["id"]) == expected(question),
+                              timeout=20)
+    assert rig.fake.calls_to("editMessageText"), "the answer streamed by edits instead"
+    refused = len(rig.fake.calls_to("sendMessageDraft"))
+    rig.fake.inject_private_text(user, "again [len=800]")
+    await final_text(rig.fake, user["id"], "again")
+    await rig.fake.wait_until(lambda: not rig.bot.answers_in_flight, timeout=20)
+    assert len(rig.fake.calls_to("sendMessageDraft")) == refused, "no drafts tried again"
+
+
+async def test_queue_position_is_shown_while_another_answer_runs(make_rig) -> None:
+    rig: Rig = await make_rig()
+    group = rig.fake.make_group()
+    alice, bob = rig.fake.make_user("Alice"), rig.fake.make_user("Bob")
+    rig.fake.inject_group_text(group, alice, "long one [len=3000] [delay=0.01]", command="ask")
+    await rig.fake.wait_for_call("editMessageText", timeout=20)
+    rig.fake.inject_group_text(group, bob, "my turn", command="ask")
+    await rig.fake.wait_until(
+        lambda: any("#1 in line" in str(c.params.get("text")) for c in rig.fake.calls),
+        timeout=20)
+    await final_text(rig.fake, group["id"], "You asked: my turn")
