@@ -252,7 +252,6 @@ async def test_stream_cut_mid_event(rtx_426: Replica, http: aiohttp.ClientSessio
     runner, url = await _serve(app)
     try:
         backend = backend_for(http, url)
-        backend._validated = True  # the fake has no session-check functions to run
         updates = await collect(backend, "hello")
     finally:
         await runner.cleanup()
