@@ -42,6 +42,7 @@ from rtxrelay.core.streaming import (
     DeliveryError,
     MessageSink,
     PlatformProfile,
+    ReplyOutcome,
     ReplyStatus,
     ReplyTexts,
     RetryLater,
@@ -561,16 +562,18 @@ class DiscordBot:
                       question: str | None, *, placeholder_shown: bool = False) -> None:
         """Answer ``question`` (None: ask the last one again) into ``sink``."""
         await self._after_acks()
+
+        async def offer_retry(outcome: ReplyOutcome) -> None:
+            if outcome.final_landed and outcome.handles and outcome.status in (
+                ReplyStatus.COMPLETE, ReplyStatus.FAILED, ReplyStatus.INTERRUPTED
+            ):
+                await sink.set_view(outcome.handles[-1], control_view("retry", asker))
+
         try:
-            outcome = await self._replies.answer(sink, PROFILE, key, question,
-                                                 placeholder_shown=placeholder_shown)
+            await self._replies.answer(sink, PROFILE, key, question,
+                                       placeholder_shown=placeholder_shown, then=offer_retry)
         except discord.HTTPException as exc:
             log.warning("could not deliver a reply: HTTP %s (code %s)", exc.status, exc.code)
-            return
-        if outcome.final_landed and outcome.handles and outcome.status in (
-            ReplyStatus.COMPLETE, ReplyStatus.FAILED, ReplyStatus.INTERRUPTED
-        ):
-            await sink.set_view(outcome.handles[-1], control_view("retry", asker))
 
     # -- who, where, which conversation -----------------------------------------------------------
 

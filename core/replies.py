@@ -56,9 +56,12 @@ class Replies:
         question: str | None,
         *,
         placeholder_shown: bool = False,
+        then: Callable[[ReplyOutcome], Awaitable[None]] | None = None,
     ) -> ReplyOutcome:
         """Answer ``question`` (None: ask the conversation's last question again). Delivery
-        errors the engine cannot absorb propagate to the adapter, which knows their types."""
+        errors the engine cannot absorb propagate to the adapter, which knows their types.
+        ``then`` is the adapter's finishing touch once the final text is out (Discord's Retry
+        button): it still counts as in flight, so ``in_flight`` and shutdown wait for it."""
         reply = StreamingReply(sink, profile, clock=self._clock, sleep=self._sleep,
                                placeholder_shown=placeholder_shown,
                                shared_budget=self.bot_wide_budget)
@@ -68,6 +71,8 @@ class Replies:
                 else self.service.ask(key, question, stop=stop)
             )
             outcome = await reply.run(updates)
+            if then is not None:
+                await then(outcome)
         log.info("%s reply %s: %d edits, %d sends, %d rate-limited", profile.name,
                  outcome.status.value, outcome.edits, outcome.sends, outcome.rate_limited)
         return outcome

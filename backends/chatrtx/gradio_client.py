@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import enum
 import json
+import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -23,6 +24,8 @@ from rtxrelay.core.errors import BackendError, BackendErrorKind
 
 from .gradio_diff import apply_diff
 from .sse import SseParser
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_PROTOCOLS = ("sse_v1", "sse_v2", "sse_v2.1", "sse_v3")
 DIFF_PROTOCOLS = ("sse_v2", "sse_v2.1", "sse_v3")
@@ -113,6 +116,9 @@ class _JobState:
     started: bool = False
     finished: bool = False
     last_output: list[Json] | None = field(default=None)
+    # The streamed value cannot be rebuilt (a diff against a value we never saw, or one that
+    # does not apply): interim updates are skipped until a full value, the final message.
+    out_of_sync: bool = False
 
 
 class GradioQueueClient:
@@ -368,17 +374,11 @@ class GradioQueueClient:
             data = output.get("data")
             if not isinstance(data, list):
                 raise BackendError(BackendErrorKind.PROTOCOL, "A streaming update had no data.")
-            if app.protocol in DIFF_PROTOCOLS and state.last_output is not None:
-                if len(data) != len(state.last_output):
-                    raise BackendError(
-                        BackendErrorKind.PROTOCOL, "A streaming diff does not match the outputs."
-                    )
-                state.last_output = [
-                    apply_diff(old, diff) if isinstance(diff, list) else old
-                    for old, diff in zip(state.last_output, data, strict=True)
-                ]
-            else:
+            if app.protocol not in DIFF_PROTOCOLS:
                 state.last_output = data
+            elif not self._follow_diffs(state, data):
+                return None  # wait for the final message, which carries the whole value
+            assert state.last_output is not None
             return JobOutput(data=state.last_output, final=False)
         if msg == "process_completed":
             state.finished = True
@@ -390,6 +390,37 @@ class GradioQueueClient:
                 raise BackendError(BackendErrorKind.PROTOCOL, "The final answer had no data.")
             return JobOutput(data=data, final=True)
         return None  # log, progress and future messages are not needed for chat
+
+    @staticmethod
+    def _follow_diffs(state: _JobState, data: list[Json]) -> bool:
+        """Rebuild the outputs from an sse_v2+ update; False when they cannot be rebuilt.
+
+        Gradio keys a job's diff state on ``id(iterator)`` and a generator that raised leaves
+        its entry behind: when the next job's iterator reuses that id, its first update is a
+        diff against the failed job's last value (docs/gradio-protocol.md). Such an update, or
+        any diff that does not apply, is not fatal: the completed message carries the whole
+        value, so the answer is only shown later, never lost."""
+        if state.out_of_sync:
+            return False
+        if state.last_output is None:
+            if _looks_like_diffs(data):
+                state.out_of_sync = True
+                return False
+            state.last_output = data
+            return True
+        try:
+            if len(data) != len(state.last_output):
+                raise BackendError(BackendErrorKind.PROTOCOL, "The diff has other outputs.")
+            state.last_output = [
+                apply_diff(old, diff) if isinstance(diff, list) else old
+                for old, diff in zip(state.last_output, data, strict=True)
+            ]
+        except BackendError:
+            state.out_of_sync, state.last_output = True, None
+            # Not the edit itself: it is answer text, which is never logged.
+            log.info("a streamed update does not apply; waiting for the final answer")
+            return False
+        return True
 
     # -- cancel -------------------------------------------------------------------------------
 
@@ -501,6 +532,19 @@ class GradioQueueClient:
             "Chat with RTX failed to answer" + (f": {_short(text)}" if text else "."),
             hint="Check the Chat with RTX window for the model's error.",
         )
+
+
+_DIFF_OPS = frozenset({"replace", "append", "add", "delete"})
+
+
+def _looks_like_diffs(data: list[Json]) -> bool:
+    """Whether every output is a list of ``[op, path, value]`` edits, one of them not empty.
+    A full chatbot value cannot look like that (pairs have two items, messages are objects)."""
+    return any(data) and all(
+        isinstance(value, list) and all(
+            isinstance(edit, list) and len(edit) == 3 and edit[0] in _DIFF_OPS
+            and isinstance(edit[1], list) for edit in value)
+        for value in data)
 
 
 def _decode(payload: str) -> dict[str, Json]:

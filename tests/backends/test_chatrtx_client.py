@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import ssl
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -159,7 +161,10 @@ async def test_killed_mid_answer_and_restarted_on_a_new_port(http: aiohttp.Clien
         updates = await collect(backend_for(http, old_url), "going down [die]")
         final = updates[-1]
         assert isinstance(final, Failed) and final.error.kind is BackendErrorKind.STOPPED
-        assert final.partial_text.startswith("[turns=0]")  # what arrived before the crash
+        # Whatever arrived before the crash is kept as it was (the process exits at once, so
+        # the tokens it wrote last may or may not have reached us: no count is assumed).
+        partial = final.partial_text
+        assert partial.startswith("[turns=0]") or "[turns=0]".startswith(partial)
 
         await rtx.restart()
         assert rtx.url != old_url
@@ -258,3 +263,100 @@ async def test_stream_cut_mid_event(rtx_426: Replica, http: aiohttp.ClientSessio
     final = updates[-1]
     assert isinstance(final, Failed) and final.error.kind is BackendErrorKind.STOPPED
     assert "middle of a message" in final.error.message
+
+
+# -- Gradio's stale diff state after a failed job -------------------------------------------------
+
+
+async def test_the_question_after_a_model_error_is_answered_whole(
+    rtx_426: Replica, http: aiohttp.ClientSession
+) -> None:
+    """Gradio (sse_v2 and later) keys a job's streaming diffs on ``id(iterator)``; a generator
+    that raised leaves its entry behind, and when the next job's iterator gets the same id
+    its first update is a diff against the failed job's last value, which the client never
+    saw. Whether the ids meet is up to the allocator (seen after 5-10 of 15 errors on some
+    machines, never on others), so the deterministic cases are the scripted servers below;
+    this one checks the whole path on a real Gradio."""
+    backend = backend_for(http, rtx_426.url)
+    for round_ in range(3):
+        failed = await collect(backend, f"break {round_} [error]", session="t-stale")
+        assert isinstance(failed[-1], Failed)
+        question = f"after the error {round_}"
+        updates = await collect(backend, question, session="t-stale")
+        final = updates[-1]
+        assert isinstance(final, Done), final
+        assert final.raw == fake_model.answer_text(question, [])
+
+
+def _without_session_check(config: dict[str, Any]) -> dict[str, Any]:
+    """A Chat with RTX build whose send chain has no session-check step: the scripted servers
+    below answer every job with their one script, which a check would consume."""
+    for dep in config["dependencies"]:
+        dep["trigger_after"] = None
+    return config
+
+
+async def _scripted_stream(rtx_426: Replica, http: aiohttp.ClientSession,
+                           messages: list[dict[str, Any]]) -> tuple[web.AppRunner, str]:
+    """Chat with RTX 0.3's real /config (sse_v3, diffs), then ``messages`` as the answer."""
+    async with http.get(rtx_426.base_url + "/config") as resp:
+        config = _without_session_check(await resp.json())
+
+    async def config_(request: web.Request) -> web.Response:
+        return web.json_response(config)
+
+    async def join(request: web.Request) -> web.Response:
+        return web.json_response({"event_id": "e1"})
+
+    async def data(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for message in messages:
+            await resp.write(f"data: {json.dumps({'event_id': 'e1', **message})}\n\n".encode())
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/config", config_)
+    app.router.add_post("/queue/join", join)
+    app.router.add_get("/queue/data", data)
+    return await _serve(app)
+
+
+def _generating(chatbot: Any) -> dict[str, Any]:
+    return {"msg": "process_generating", "success": True, "output": {"data": [chatbot, []]}}
+
+
+COMPLETED = {"msg": "process_completed", "success": True,
+             "output": {"data": [[["hello", "Hello world, all of it."]], None]}}
+
+
+@pytest.mark.parametrize(("case", "stream"), [
+    # The first update is a diff against a failed job's value we never saw.
+    ("stale first diff", [
+        {"msg": "process_starts"},
+        _generating([["replace", [0, 0], "hello"], ["replace", [0, 1], "Hel"]]),
+        _generating([["append", [0, 1], "lo wor"]]),
+        COMPLETED,
+    ]),
+    # A full first value, then a diff that does not fit it.
+    ("diff that does not apply", [
+        {"msg": "process_starts"},
+        _generating([["hello", "Hel"]]),
+        _generating([["append", [3, 1], "lo"]]),
+        _generating([["append", [0, 1], "lo"]]),
+        COMPLETED,
+    ]),
+])
+async def test_a_streamed_update_that_cannot_be_rebuilt_loses_no_text(
+    rtx_426: Replica, http: aiohttp.ClientSession, case: str, stream: list[dict[str, Any]]
+) -> None:
+    runner, url = await _scripted_stream(rtx_426, http, stream)
+    try:
+        updates = await collect(backend_for(http, url), "hello")
+    finally:
+        await runner.cleanup()
+    final = updates[-1]
+    assert isinstance(final, Done), (case, final)
+    assert final.raw == "Hello world, all of it."
+    shown = [u.text for u in updates if isinstance(u, TextSoFar)]
+    assert all("Hello world, all of it.".startswith(text) for text in shown), shown
