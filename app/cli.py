@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
+import io
 import logging
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TextIO
 
 from rtxrelay.core.backend import Queued, Started, TextSoFar
@@ -95,6 +97,9 @@ def _cmd_chat(settings: Settings, args: argparse.Namespace) -> int:
     from .wiring import open_relay
 
     interactive = sys.stdin.isatty()
+    # A byte that is not valid in the console's encoding becomes U+FFFD instead of a crash.
+    if isinstance(sys.stdin, io.TextIOWrapper):
+        sys.stdin.reconfigure(errors="replace")
 
     async def go() -> int:
         async with open_relay(settings) as relay:
@@ -134,7 +139,15 @@ def _cmd_chat(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
-async def _print_answer(stream: AsyncIterator[ReplyUpdate], out: TextIO, err: TextIO) -> int:
+async def _print_answer(stream: AsyncGenerator[ReplyUpdate, None], out: TextIO,
+                        err: TextIO) -> int:
+    # aclosing: returning early must end the answer now (its conversation stays busy until
+    # then, and the next line would be refused as "still answering").
+    async with contextlib.aclosing(stream):
+        return await _print_updates(stream, out, err)
+
+
+async def _print_updates(stream: AsyncIterator[ReplyUpdate], out: TextIO, err: TextIO) -> int:
     printed = ""
     async for update in stream:
         if isinstance(update, Queued):

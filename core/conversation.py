@@ -113,7 +113,7 @@ class ConversationService:
         """Stream the answer. ``stop`` (optional, the caller's) ends it as INTERRUPTED like
         ``cancel`` does, and also works when set before the job started: a bot shutting down
         can stop answers that are still waiting to begin."""
-        question = question.strip()
+        question = valid_text(question).strip()
         if not question:
             yield Rejected("The question is empty.")
             return
@@ -171,7 +171,8 @@ class ConversationService:
                 elif isinstance(item, Done):
                     final = Finished(item.text, TurnStatus.COMPLETE, None, trimmed)
                     await self._store.finish_turn(turn_id, status=TurnStatus.COMPLETE,
-                                                  answer=item.text, backend_answer=item.raw)
+                                                  answer=valid_text(item.text),
+                                                  backend_answer=valid_text(item.raw))
                 elif isinstance(item, Failed):
                     final = Finished(item.partial_text or text, TurnStatus.FAILED, item.error,
                                      trimmed)
@@ -185,7 +186,7 @@ class ConversationService:
                 await self._store.finish_turn(
                     turn_id,
                     status=final.status,
-                    answer=final.text,
+                    answer=valid_text(final.text),
                     error=str(final.error) if final.error else "stopped",
                 )
             yield final
@@ -195,7 +196,8 @@ class ConversationService:
                 # The consumer went away (shutdown, or it was cancelled): keep what we have.
                 await asyncio.shield(
                     self._store.finish_turn(
-                        turn_id, status=TurnStatus.INTERRUPTED, answer=text, error="stopped"
+                        turn_id, status=TurnStatus.INTERRUPTED, answer=valid_text(text),
+                        error="stopped"
                     )
                 )
 
@@ -217,6 +219,17 @@ class ConversationService:
             chars += size
         chosen.reverse()
         return chosen, len(chosen) < len(usable)
+
+
+def valid_text(text: str) -> str:
+    """``text`` with every lone surrogate (from a non-UTF-8 byte on a console, or a ``\\udXXX``
+    escape in JSON) replaced by U+FFFD, so it can be stored and sent anywhere."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # surrogatepass keeps valid pairs (joined on the way back); lone halves are replaced.
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 # -- job plumbing ------------------------------------------------------------------------------

@@ -135,3 +135,34 @@ async def test_run_freezes_the_imported_libraries_before_the_bots_start(tmp_path
     frozen, discord_loaded, telegram_loaded = out.decode().split()
     assert int(frozen) > 10_000
     assert discord_loaded == telegram_loaded == "True"
+
+
+async def test_chat_answers_the_line_after_a_failed_answer(rtx_426: Replica,
+                                                           tmp_path: Path) -> None:
+    env = {"RTX_URL": rtx_426.url, "RTXRELAY_DB": str(tmp_path / "r.db")}
+    code, out, err = await run_cli("chat", env=env, cwd=tmp_path,
+                                   stdin="this breaks [error]\nand this works\n")
+    assert code == 1, "a failed answer still shows in the exit code"
+    assert "Still answering" not in err
+    assert fake_model.answer_text("and this works", []).strip() in out
+
+
+async def test_invalid_text_is_replaced_stored_and_answered(rtx_426: Replica,
+                                                            tmp_path: Path) -> None:
+    import sqlite3
+
+    env = {"RTX_URL": rtx_426.url, "RTXRELAY_DB": str(tmp_path / "r.db"),
+           "PYTHONIOENCODING": "utf-8"}
+    # A byte that is not UTF-8 on stdin, and a lone surrogate in an argument.
+    proc = await asyncio.create_subprocess_exec(
+        *RTXRELAY, "chat", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, cwd=tmp_path, env={**os.environ, **env})
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate(b"caf\xe9 au lait\n")
+    assert proc.returncode == 0, err.decode()
+    code, _, err_text = await run_cli("ask", "half \udc80 a pair", env=env, cwd=tmp_path)
+    assert code == 0, err_text
+    with sqlite3.connect(tmp_path / "r.db") as db:
+        turns = dict(db.execute("SELECT question, status FROM turns").fetchall())
+    assert turns == {"caf\ufffd au lait": "complete", "half \ufffd a pair": "complete"}
+    assert "caf\ufffd au lait" in out.decode()
