@@ -35,11 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     except RelayError as exc:
         _error(exc)
         return EXIT_CONFIG
-    logging.basicConfig(
-        level=settings.log_level if args.command == "run" else "WARNING",
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = settings.log_level if args.command == "run" else "WARNING"
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log_redaction.install(secrets(settings))
+    log_redaction.quiet_libraries(logging.getLogger().level, wire=settings.wire_logs)
     command: Callable[[Settings, argparse.Namespace], int] = args.handler
     try:
         return command(settings, args)
@@ -247,10 +246,17 @@ def _parse_ports(spec: str) -> list[int]:
 
 def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from .runner import freeze_startup_objects, load_platforms, run_bots
+    from .stop_signals import stop_on_signals
 
     load_platforms(settings)  # imports the bots' libraries now, so the freeze holds them
     freeze_startup_objects()
-    return asyncio.run(run_bots(settings))
+
+    async def until_stopped() -> int:
+        stop = asyncio.Event()
+        with stop_on_signals(stop):
+            return await run_bots(settings, stop)
+
+    return asyncio.run(until_stopped())
 
 
 # -- helpers --------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Keep secrets out of log output, whatever library wrote the line.
+"""Keep secrets and message content out of log output, whatever library wrote the line.
 
 Tokens travel in URLs (Telegram's ``/bot<token>/method``, Chat with RTX's ``?cookie=``) and
 libraries put URLs in log lines and exception messages (httpx request logs, PTB's
@@ -13,6 +13,9 @@ import logging
 from collections.abc import Iterable
 
 MASK = "***"
+# Libraries whose DEBUG lines carry request and response bodies: questions and answers.
+LIBRARY_LOGGERS = ("telegram", "httpx", "httpcore", "hpack", "aiosqlite", "discord", "aiohttp",
+                   "websockets", "asyncio")
 _MIN_SECRET = 8  # shorter values (e.g. "1") would blank out ordinary words
 
 
@@ -32,10 +35,20 @@ class RedactingFormatter(logging.Formatter):
 
 
 def install(secrets: Iterable[str]) -> None:
-    """Wrap every root handler's formatter. Also quiet httpx's per-request INFO lines: one per
-    long poll, and each carries the bot token in its URL."""
+    """Wrap every root handler's formatter."""
     secrets = list(secrets)
     for handler in logging.getLogger().handlers:
         inner = handler.formatter or logging.Formatter()
         handler.setFormatter(RedactingFormatter(inner, secrets))
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def quiet_libraries(level: int, *, wire: bool = False) -> None:
+    """Hold the libraries' loggers at INFO or above, whatever LOG_LEVEL says: their DEBUG
+    lines hold message text (PTB logs every update, aiosqlite every statement's parameters),
+    and the README promises that questions and answers are never logged. ``wire`` (LOG_WIRE=1)
+    lets them through, for debugging a protocol problem on a test bot."""
+    floor = level if wire else max(level, logging.INFO)
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(floor)
+    if not wire:
+        logging.getLogger("httpx").setLevel(max(level, logging.WARNING))  # a line per poll

@@ -33,6 +33,7 @@ class Settings:
     log_level: str
     env: Env  # every raw value, for the parts that read their own settings
     env_file: Path | None = None
+    wire_logs: bool = False  # LOG_WIRE=1: the libraries' DEBUG lines too (they hold messages)
 
 
 def load_settings(
@@ -71,6 +72,7 @@ def load_settings(
         log_level=level,
         env=env,
         env_file=used_file,
+        wire_logs=env.bool("LOG_WIRE", False),
     )
 
 

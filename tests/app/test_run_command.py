@@ -193,3 +193,53 @@ async def test_run_with_a_rejected_token_fails_clearly_without_showing_it(
     assert "TELEGRAM_TOKEN" in output and "rejected" in output, "name the setting to fix"
     assert WRONG_TOKEN.split(":", 1)[1] not in output, output
     assert "Traceback" not in output, output
+
+
+async def test_sigterm_stops_like_ctrl_c_and_lands_the_answer_as_stopped(
+    rtx_426: Replica, tmp_path: Path
+) -> None:
+    """A service manager (systemd, Docker, `kill`) stops with SIGTERM: the answer being
+    written ends as '⏹ Stopped.' in the chat and 'interrupted' in the database, and the
+    exit code says a clean stop."""
+    if sys.platform == "win32":
+        pytest.skip("SIGTERM cannot be sent to a child process on Windows")
+    async with FakeTelegram() as fake:
+        env = bot_env(fake, rtx_426.url, tmp_path, token=fake.token)
+        env["TELEGRAM_PRIVATE_STREAMING"] = "edit"  # a message to look at while it streams
+        async with rtxrelay_run(tmp_path, env) as cli:
+            await cli.wait_for(fake, lambda: fake.parked_polls >= 1, "getUpdates polling",
+                               START_TIMEOUT)
+            user = fake.make_user("Alice")
+            chat = int(str(user["id"]))
+            fake.inject_private_text(user, "a long one [len=20000] [delay=0.02]")
+            await cli.wait_for(fake, lambda: "▍" in fake.chat_text(chat), "a streaming answer",
+                               ANSWER_TIMEOUT)
+            cli.proc.send_signal(signal.SIGTERM)
+            code = await cli.wait_exit(EXIT_TIMEOUT)
+            output = cli.output()
+            text = fake.chat_text(chat)
+    assert code == 0, output
+    assert "Traceback" not in output, output
+    assert text.rstrip().endswith("⏹ Stopped.") and "▍" not in text, text
+    async with SqliteStore(tmp_path / "relay.db") as store:
+        (turn,) = await store.turns_for_key(f"telegram:{chat}:{chat}")
+    assert turn.status is TurnStatus.INTERRUPTED and turn.answer
+
+
+async def test_debug_logging_never_writes_questions_or_answers(
+    rtx_426: Replica, tmp_path: Path
+) -> None:
+    async with FakeTelegram() as fake:
+        env = bot_env(fake, rtx_426.url, tmp_path, token=fake.token)
+        env["LOG_LEVEL"] = "DEBUG"
+        async with rtxrelay_run(tmp_path, env) as cli:
+            await cli.wait_for(fake, lambda: fake.parked_polls >= 1, "getUpdates polling",
+                               START_TIMEOUT)
+            user = fake.make_user("Alice")
+            secret = "what does quokkazebra mean"
+            assert "quokkazebra" in await ask(cli, fake, user, secret)  # echoed in the answer
+            code = await cli.interrupt()
+            output = cli.output()
+    assert code == EXIT_INTERRUPTED, output
+    assert " DEBUG " in output, "LOG_LEVEL=DEBUG shows rtxrelay's own debug lines"
+    assert "quokkazebra" not in output, "no question or answer text in the log"
