@@ -7,6 +7,7 @@ briefly locked file into a short wait instead of an error. The schema version li
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 import uuid
@@ -42,7 +43,7 @@ class SqliteStore:
         memory = str(self.path) == ":memory:"
         try:
             if not memory:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                _create_private(self.path)
             self._db = await aiosqlite.connect(str(self.path), isolation_level=None)
             await self._db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
             if not memory:
@@ -226,6 +227,20 @@ class SqliteStore:
                 "you can write.",
             )
         return StorageError(f"Database error on {self.path}: {exc}.")
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file readable by its owner only (0600, new folders 0700), and
+    tighten a file an earlier version left readable by others: it holds every conversation.
+    SQLite gives its -wal and -shm files the database's permissions. On Windows the modes do
+    not apply; a file under the user's profile is private to that user by its default ACL."""
+    missing = [p for p in reversed(path.absolute().parents) if not p.exists()]
+    for folder in missing:
+        folder.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    if os.name == "posix" and path.stat().st_mode & 0o077:
+        path.chmod(0o600)
 
 
 def _turn(row: sqlite3.Row) -> Turn:

@@ -20,6 +20,7 @@ class ChatRtxSettings:
     insecure_localhost: bool
     chat_fn: str | None
     timeouts: Timeouts
+    allow_remote_http: bool = False  # RTX_ALLOW_REMOTE_HTTP: the cookie may cross a network
 
     @classmethod
     def from_env(cls, env: Env) -> ChatRtxSettings:
@@ -34,6 +35,7 @@ class ChatRtxSettings:
                 idle=env.seconds("RTX_IDLE_TIMEOUT", 120.0),
                 total=env.seconds("RTX_TOTAL_TIMEOUT", 900.0),
             ),
+            allow_remote_http=env.bool("RTX_ALLOW_REMOTE_HTTP", False),
         )
 
     def launch_url(self) -> LaunchUrl:
@@ -54,8 +56,18 @@ class ChatRtxSettings:
             return None
 
     def ssl_context(self, launch: LaunchUrl) -> ssl.SSLContext | bool:
-        """TLS policy: verify by default; a CA file, or an explicit loopback-only opt-out."""
+        """Transport policy: verify TLS by default (a CA file, or an explicit loopback-only
+        opt-out), and no plain http to another machine unless the operator says so: the
+        session cookie would cross the network in clear."""
         if launch.scheme != "https":
+            if not launch.is_loopback and not self.allow_remote_http:
+                raise ConfigError(
+                    f"RTX_URL is plain http to another machine ({launch.host}): the session "
+                    "cookie would cross the network unencrypted.",
+                    hint="Use https (Chat with RTX 0.3) with RTX_CA_FILE, or run rtxrelay on "
+                    "the Chat with RTX PC; if the network between them is yours and trusted, "
+                    "set RTX_ALLOW_REMOTE_HTTP=1.",
+                )
             return True
         if self.ca_file is not None:
             if not self.ca_file.is_file():

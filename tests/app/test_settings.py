@@ -74,3 +74,22 @@ def test_log_redaction_masks_tokens_cookie_and_tracebacks() -> None:
     assert "cookie-uuid-1234" not in text and MASK in text
     assert "rejected" in text  # the rest of the line and the traceback stay readable
     assert "x" in formatter.format(logging.LogRecord("t", 20, __file__, 1, "x", (), None))
+
+
+async def test_plain_http_to_another_machine_needs_an_explicit_opt_in(tmp_path: Path) -> None:
+    import io
+
+    from rtxrelay.app.doctor import run_doctor
+
+    remote = {"RTX_URL": "http://192.168.1.5:5000?cookie=a", "RTXRELAY_DB": str(tmp_path / "d")}
+    settings = load_settings(remote, None)
+    with pytest.raises(ConfigError) as refused:
+        settings.backend.ssl_context(settings.backend.launch_url())
+    assert "unencrypted" in refused.value.message and "RTX_ALLOW_REMOTE_HTTP" in refused.value.hint
+    out = io.StringIO()
+    assert await run_doctor(settings, out) == 1
+    assert "FIX   RTX_URL: RTX_URL is plain http to another machine" in out.getvalue()
+    allowed = load_settings({**remote, "RTX_ALLOW_REMOTE_HTTP": "1"}, None)
+    assert allowed.backend.ssl_context(allowed.backend.launch_url()) is True
+    local = load_settings({"RTX_URL": "http://127.0.0.1:5000?cookie=a"}, None)
+    assert local.backend.ssl_context(local.backend.launch_url()) is True
