@@ -205,6 +205,7 @@ class _Renderer:
     # -- inline ---------------------------------------------------------------------------
 
     def text(self, s: str) -> str:
+        s = _defuse_mentions(s)
         return _esc(s) if self.html else s
 
     def inline_children(self, node: SyntaxTreeNode, tags: frozenset[str]) -> str:
@@ -242,10 +243,23 @@ class _Renderer:
                 inner = _esc(href)
             if "a" in tags:  # cannot happen in CommonMark; never nest links regardless
                 return inner
-            return f'<a href="{_esc_attr(href)}">{inner}</a>'
+            link = f'<a href="{_esc_attr(href)}">{_esc(href)}</a>'
+            # Model text must not hide where a link goes ("[nvidia.com](http://evil…)"): the
+            # target is shown whenever the text is something else.
+            return link if inner == _esc(href) else f"{inner} ({link})"
         if node.children:
             return self.inline_children(node, tags)
         return self.text(node.content)
+
+
+# "@name" in model output would become a real mention (a notification to that person).
+# U+FF20 looks alike, is one UTF-16 unit like "@" (paging is unchanged) and mentions nobody.
+# Addresses ("a@b.com") keep their "@": a word character before it.
+_MENTION = re.compile(r"(?<![\w@])@(?=\w)")
+
+
+def _defuse_mentions(text: str) -> str:
+    return _MENTION.sub("\uff20", text) if "@" in text else text
 
 
 def _has_code_block(node: SyntaxTreeNode) -> bool:

@@ -124,7 +124,8 @@ def visible(out: str) -> str:
         ("1. a\n2. b", "1. a\n2. b"),
         (
             "[site](https://example.com/a?b=1&c=2)",
-            '<a href="https://example.com/a?b=1&amp;c=2">site</a>',
+            'site (<a href="https://example.com/a?b=1&amp;c=2">'
+            "https://example.com/a?b=1&amp;c=2</a>)",
         ),
         ("<https://example.com>", '<a href="https://example.com">https://example.com</a>'),
         ("para one\n\npara two", "para one\n\npara two"),
@@ -168,7 +169,6 @@ def test_weird_language_gets_no_class() -> None:
         "&amp; &lt; &#60; &quot;",
         "<script>alert(1)</script>",
         '<a href="https://evil.example">click</a>',
-        "@everyone @here",
         '<pre><code class="language-x">',
         "</b></i></code></pre>",
         "<!-- comment --> <?php ?> <!DOCTYPE html>",
@@ -216,7 +216,8 @@ def test_unbalanced_markers_stay_literal(md: str) -> None:
 
 def test_telegram_nesting_rules_are_respected() -> None:
     # No code inside a link, no nested blockquote, no pre inside a blockquote, no b in b.
-    assert to_telegram_html("[`x`](https://e.com)") == '<a href="https://e.com">x</a>'
+    assert to_telegram_html("[`x`](https://e.com)") == (
+        'x (<a href="https://e.com">https://e.com</a>)')
     assert to_telegram_html("> a\n> > b") == "<blockquote>a\nb</blockquote>"
     out = to_telegram_html("> ```\n> code\n> ```")
     check(out)
@@ -277,6 +278,11 @@ def _expected_stream(md: str) -> str:
     return "".join(ch for ch in md if ch not in _MARKUP and not ch.isspace())
 
 
+def _undefused(text: str) -> str:
+    """The text with defused mentions ("＠name") read as what the model wrote."""
+    return text.replace("\uff20", "@")
+
+
 def _is_subsequence(needle: str, hay: str) -> bool:
     it = iter(hay)
     return all(ch in it for ch in needle)
@@ -302,7 +308,7 @@ def test_html_is_well_formed_and_loses_no_text(md: str) -> None:
     out = to_telegram_html(md)
     p = check(out)
     vis = "".join(p.visible)
-    assert _is_subsequence(_expected_stream(md), "".join(p.stream)), (md, out)
+    assert _is_subsequence(_expected_stream(md), _undefused("".join(p.stream))), (md, out)
     for unit in LengthUnit:
         assert text_length(vis, unit) <= text_length(md, unit), (md, out)
 
@@ -313,7 +319,7 @@ def test_plain_text_is_never_longer_and_keeps_text(md: str) -> None:
     out = to_plain_text(md)
     for unit in LengthUnit:
         assert text_length(out, unit) <= text_length(md, unit), (md, out)
-    assert _is_subsequence(_expected_stream(md), out), (md, out)
+    assert _is_subsequence(_expected_stream(md), _undefused(out)), (md, out)
 
 
 @settings(max_examples=60, deadline=None)
@@ -348,3 +354,23 @@ def test_discord_markdown_keeps_length_and_never_leaves_a_mention(text: str) -> 
     if "`" not in text:  # outside code nothing may still look like a mention
         assert "@everyone" not in out.lower() and "@here" not in out.lower()
         assert not re.search(r"<[@#/]", out)
+
+
+@pytest.mark.parametrize(("md", "shown"), [
+    ("ask @durov or @everyone", "ask \uff20durov or \uff20everyone"),
+    ("mail me at a@b.com", "mail me at a@b.com"),
+    ("**@admin** please", "<b>\uff20admin</b> please"),
+    ("`@code` stays", "<code>@code</code> stays"),
+])
+def test_model_mentions_ping_nobody(md: str, shown: str) -> None:
+    assert to_telegram_html(md) == shown
+    # Plain text has no code entity to keep a mention inert, so there it is defused too.
+    assert to_plain_text(md) == visible(shown).replace("@code", "\uff20code")
+
+
+def test_a_link_never_hides_where_it_goes() -> None:
+    html = to_telegram_html("see [nvidia.com](http://evil.example/x)")
+    assert visible(html) == "see nvidia.com (http://evil.example/x)"
+    assert to_plain_text("see [nvidia.com](http://evil.example/x)") == visible(html)
+    same = to_telegram_html("<https://nvidia.com>")
+    assert same == '<a href="https://nvidia.com">https://nvidia.com</a>'

@@ -144,10 +144,10 @@ async def test_hostile_model_output_is_delivered_as_plain_text(make_rig) -> None
     user = rig.fake.make_user("Mallory")
     hostile = "<b>bold?</b> & <a href=\"http://x\">x</a> *unbalanced `tick @everyone"
     rig.fake.inject_private_text(user, f"[echo] {hostile}")
-    await final_text(rig.fake, user["id"], "@everyone")
+    await final_text(rig.fake, user["id"], "\uff20everyone")
     (message,) = rig.fake.bot_messages(user["id"])
-    assert message.text == hostile
-    assert not {"bold", "text_link", "code", "italic"} & set(message.entity_types())
+    assert message.text == hostile.replace("@everyone", "\uff20everyone")  # pings nobody
+    assert not {"bold", "text_link", "code", "italic", "mention"} & set(message.entity_types())
 
 
 async def test_busy_cancel_reset_and_retry(make_rig) -> None:
