@@ -13,6 +13,7 @@ from rtxrelay.backends.chatrtx.backend import ChatRtxBackend
 from rtxrelay.core.conversation import ConversationService
 from rtxrelay.storage.sqlite_store import SqliteStore
 
+from . import processes
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,9 @@ def make_backend(http: aiohttp.ClientSession, settings: Settings) -> ChatRtxBack
 @asynccontextmanager
 async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
     settings.backend.ssl_context(settings.backend.launch_url())  # fail fast on bad settings
-    async with backend_session() as http, SqliteStore(settings.database) as store:
-        recovered = await store.recover_pending()
+    async with backend_session() as http, SqliteStore(settings.database,
+                                                       owner=processes.current()) as store:
+        recovered = await store.recover_pending(processes.is_alive)
         if recovered:
             log.info("marked %d unfinished answer(s) from a previous run as interrupted", recovered)
         backend = make_backend(http, settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -74,6 +75,10 @@ class ConversationStore(Protocol):
 
     async def set_status(self, turn_id: int, status: TurnStatus) -> None: ...
 
-    async def recover_pending(self) -> int:
-        """Mark turns left pending by a crash as interrupted; returns how many."""
+    async def recover_pending(self, is_alive: Callable[[str], bool]) -> int:
+        """Mark as interrupted the turns left pending by processes that are gone (a crash, a
+        power loss); returns how many. Every turn records the process that asked it (the
+        store's ``owner``); ``is_alive(owner)`` says whether that process still runs, so a
+        second process opening the database never touches the answers a running one is
+        writing."""
         ...

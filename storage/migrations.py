@@ -33,4 +33,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX turns_by_conversation ON turns (conversation_id, id);
     CREATE INDEX turns_pending ON turns (status) WHERE status = 'pending'
     """,
+    # 2: the process that asked each turn, so recovery leaves a running process's answers be.
+    """
+    ALTER TABLE turns ADD COLUMN owner TEXT
+    """,
 ]

@@ -11,6 +11,7 @@ import os
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -25,8 +26,11 @@ _TURN_COLUMNS = "id, conversation_id, question, answer, backend_answer, status, 
 
 
 class SqliteStore:
-    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
+    def __init__(self, path: str | Path, *, owner: str = "", busy_timeout_ms: int = 5000) -> None:
+        """``owner``: this process, as recorded with every turn it asks (see
+        ``recover_pending``)."""
         self.path = Path(path)
+        self.owner = owner
         self._busy_timeout_ms = busy_timeout_ms
         self._db: aiosqlite.Connection | None = None
 
@@ -90,8 +94,9 @@ class SqliteStore:
 
     async def add_question(self, conversation_id: int, question: str) -> int:
         cursor = await self._write(
-            "INSERT INTO turns (conversation_id, question, status, created_at) VALUES (?, ?, ?, ?)",
-            (conversation_id, question, TurnStatus.PENDING.value, time.time()),
+            "INSERT INTO turns (conversation_id, question, status, created_at, owner) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (conversation_id, question, TurnStatus.PENDING.value, time.time(), self.owner),
         )
         assert cursor is not None and cursor.lastrowid is not None
         return int(cursor.lastrowid)
@@ -114,13 +119,20 @@ class SqliteStore:
     async def set_status(self, turn_id: int, status: TurnStatus) -> None:
         await self._write("UPDATE turns SET status = ? WHERE id = ?", (status.value, turn_id))
 
-    async def recover_pending(self) -> int:
-        cursor = await self._write(
-            "UPDATE turns SET status = ?, error = 'rtxrelay stopped before the answer finished', "
-            "finished_at = ? WHERE status = ?",
-            (TurnStatus.INTERRUPTED.value, time.time(), TurnStatus.PENDING.value),
-        )
-        return cursor.rowcount if cursor is not None else 0
+    async def recover_pending(self, is_alive: Callable[[str], bool]) -> int:
+        rows = await self._all("SELECT DISTINCT owner FROM turns WHERE status = ?",
+                               (TurnStatus.PENDING.value,))
+        # Turns from before owners were recorded (NULL) have no process left to wait for.
+        gone = [row[0] for row in rows if not row[0] or not is_alive(str(row[0]))]
+        recovered = 0
+        for owner in gone:
+            cursor = await self._write(
+                "UPDATE turns SET status = ?, error = 'rtxrelay stopped before the answer "
+                "finished', finished_at = ? WHERE status = ? AND owner IS ?",
+                (TurnStatus.INTERRUPTED.value, time.time(), TurnStatus.PENDING.value, owner),
+            )
+            recovered += cursor.rowcount if cursor is not None else 0
+        return recovered
 
     async def turns_for_key(self, key: str) -> list[Turn]:
         """Every turn of every conversation of ``key`` (for tests and export)."""

@@ -254,16 +254,22 @@ async def test_backend_failure_is_final_and_stored(store: SqliteStore) -> None:
 # -- the store itself -----------------------------------------------------------------------------
 
 
-async def test_crash_leftovers_are_marked_interrupted_on_start(tmp_path: Path) -> None:
+async def test_crash_leftovers_are_marked_interrupted_but_a_running_process_is_left_be(
+        tmp_path: Path) -> None:
     path = tmp_path / "relay.db"
-    async with SqliteStore(path) as store:
-        conversation = await store.current(str(ALICE))
-        await store.add_question(conversation.id, "asked right before a crash")
-    async with SqliteStore(path) as store:
-        assert await store.recover_pending() == 1
-        (turn,) = await store.turns_for_key(str(ALICE))
+    async with SqliteStore(path, owner="crashed") as crashed, \
+            SqliteStore(path, owner="running") as running:
+        await crashed.add_question((await crashed.current(str(ALICE))).id,
+                                   "asked right before a crash")
+        await running.add_question((await running.current(str(BOB))).id, "being answered")
+    # A second process opens the database while "running" still answers.
+    async with SqliteStore(path, owner="second") as second:
+        assert await second.recover_pending(lambda owner: owner == "running") == 1
+        (turn,) = await second.turns_for_key(str(ALICE))
         assert turn.question == "asked right before a crash"
         assert turn.status is TurnStatus.INTERRUPTED
+        (alive,) = await second.turns_for_key(str(BOB))
+        assert alive.status is TurnStatus.PENDING
 
 
 async def test_schema_is_versioned_and_uses_wal(tmp_path: Path) -> None:
