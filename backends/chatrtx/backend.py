@@ -203,7 +203,10 @@ class ChatRtxBackend:
                 app, chat.fn_index, data, session_hash=session, trigger_id=chat.trigger_id
             ):
                 if isinstance(event, JobQueued):
-                    yield Queued(event.rank + 1, event.queue_size, event.eta)
+                    # Gradio's rank counts the jobs waiting ahead (0 = next): every question
+                    # gets a rank-0 estimation, so only one with somebody ahead is news.
+                    if event.rank > 0:
+                        yield Queued(event.rank + 1, event.queue_size, event.eta)
                 elif isinstance(event, JobStarted):
                     yield Started()
                 elif isinstance(event, JobOutput):
