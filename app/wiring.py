@@ -54,4 +54,8 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
         if recovered:
             log.info("marked %d unfinished answer(s) from a previous run as interrupted", recovered)
         backend = make_backend(http, settings)
-        yield Relay(settings, backend, store, ConversationService(backend, store, settings.limits))
+        service = ConversationService(backend, store, settings.limits)
+        try:
+            yield Relay(settings, backend, store, service)
+        finally:
+            await service.close()

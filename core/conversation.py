@@ -12,12 +12,12 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 
 from .backend import Backend, BackendUpdate, Done, Exchange, Failed, Queued, Started, TextSoFar
 from .errors import BackendError, BackendErrorKind
-from .job_slots import JobSlots
+from .job_slots import JobSlots, LineClosed
 from .ratelimit import Rate
 from .store import ConversationKey, ConversationStore, Turn, TurnStatus
 
@@ -33,6 +33,7 @@ class ConversationLimits:
     max_question_chars: int = 4000
     max_concurrent_jobs: int = 1  # Chat with RTX answers one question at a time
     user_rate: Rate = DEFAULT_USER_RATE  # questions per person that the bots accept
+    recovery_probe_interval: float = 15.0  # seconds between probes of a stuck backend
 
 
 # -- what the service streams ------------------------------------------------------------------
@@ -73,6 +74,19 @@ class ConversationService:
         self.limits = limits or ConversationLimits()
         self._slots = JobSlots(self.limits.max_concurrent_jobs)
         self._inflight: dict[str, asyncio.Event] = {}
+        self._recovery: asyncio.Task[None] | None = None
+
+    @property
+    def backend_stuck(self) -> bool:
+        """The backend stopped responding: questions are refused until a probe succeeds."""
+        return self._slots.closed
+
+    async def close(self) -> None:
+        """Stop the background probe of a stuck backend (at shutdown)."""
+        if self._recovery is not None and not self._recovery.done():
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery
 
     def is_busy(self, key: ConversationKey) -> bool:
         return str(key) in self._inflight
@@ -155,7 +169,8 @@ class ConversationService:
             return
 
         job = _Job(self._slots, lambda: self._backend.stream_answer(
-            question, history, session=conversation.session), stop, name=f"rtxrelay-answer-{key}")
+            question, history, session=conversation.session), stop,
+            on_stuck=self._close_line, name=f"rtxrelay-answer-{key}")
         text = ""
         final: Finished | None = None
         try:
@@ -200,6 +215,30 @@ class ConversationService:
                         error="stopped"
                     )
                 )
+
+    async def _close_line(self, error: BackendError) -> None:
+        """The backend stopped responding mid-answer. Everyone waiting behind it would wait
+        out a whole timeout in turn, so all of them are told now, new questions are refused
+        at once, and a probe reopens the line when the backend answers again."""
+        if self._slots.closed:
+            return
+        log.error("%s Questions are refused until it answers again. %s", error.message,
+                  error.hint)
+        await self._slots.close(error)
+        self._recovery = asyncio.create_task(self._probe_until_back(),
+                                             name="rtxrelay-backend-recovery")
+
+    async def _probe_until_back(self) -> None:
+        while True:
+            await asyncio.sleep(self.limits.recovery_probe_interval)
+            try:
+                await self._backend.probe()
+            except BackendError as exc:
+                log.debug("still not responding: %s", exc.kind.value)
+                continue
+            self._slots.reopen()
+            log.warning("The backend answers again; questions are accepted.")
+            return
 
     def _window(self, turns: list[Turn]) -> tuple[list[Exchange], bool]:
         usable = [
@@ -248,7 +287,9 @@ class _Job:
     waiting for a job slot, in the backend's queue, or in a stalled stream."""
 
     def __init__(self, slots: JobSlots, stream: Callable[[], AsyncGenerator[BackendUpdate, None]],
-                 stop: asyncio.Event, *, name: str) -> None:
+                 stop: asyncio.Event, *, on_stuck: Callable[[BackendError], Awaitable[None]],
+                 name: str) -> None:
+        self._on_stuck = on_stuck
         self._items: deque[_JobItem] = deque()
         self._arrived = asyncio.Event()
         self._stopper = asyncio.create_task(stop.wait())
@@ -291,11 +332,19 @@ class _Job:
                 updates = stream()
                 try:
                     async for update in updates:
+                        if isinstance(update, Failed) and update.error.kind is \
+                                BackendErrorKind.STUCK:
+                            # Before the slot is freed: the next job must not reach it.
+                            await self._on_stuck(update.error)
                         self._put(update)
                         if isinstance(update, Done | Failed):
                             return
                 finally:
                     # Closing the stream cancels the job on the backend (Stop, shutdown).
                     await updates.aclose()
+        except LineClosed as closed:  # the backend is stuck: this job never reaches it
+            reason = closed.reason
+            self._put(Failed(reason if isinstance(reason, BackendError) else BackendError(
+                BackendErrorKind.STUCK, str(reason))))
         finally:
             self._put(_BackendEnded())

@@ -45,6 +45,7 @@ class BackendErrorKind(enum.Enum):
     SESSION_REJECTED = "session_rejected"
     QUEUE_FULL = "queue_full"
     TIMEOUT = "timeout"
+    STUCK = "stuck"  # stopped responding mid-answer: the line behind it cannot move
     FAILED = "failed"
     STOPPED = "stopped"
     PROTOCOL = "protocol"
@@ -61,7 +62,8 @@ _USER_MESSAGES: dict[BackendErrorKind, str] = {
     BackendErrorKind.UNSUPPORTED_PROTOCOL: "This Chat with RTX version is not supported yet.",
     BackendErrorKind.SESSION_REJECTED: "Chat with RTX refused the session (it was probably restarted). Ask the operator to update RTX_URL.",
     BackendErrorKind.QUEUE_FULL: "Chat with RTX is too busy right now. Try again in a minute.",
-    BackendErrorKind.TIMEOUT: "Chat with RTX took too long to answer. Try again, or ask something shorter.",
+    BackendErrorKind.TIMEOUT: "Chat with RTX took too long to answer. Try again later.",
+    BackendErrorKind.STUCK: "Chat with RTX stopped responding, so questions cannot be answered right now. The operator has been told to restart it; try again later.",
     BackendErrorKind.FAILED: "Chat with RTX failed while answering. Try again.",
     BackendErrorKind.STOPPED: "Chat with RTX stopped while answering (it may have been closed or restarted). Try again once it is back.",
     BackendErrorKind.PROTOCOL: "Chat with RTX sent something unexpected. Try again.",

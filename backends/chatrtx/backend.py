@@ -176,12 +176,16 @@ class ChatRtxBackend:
         self._app: GradioApp | None = None
         self._chat: ChatFunction | None = None
         self._validated = False
+        self._stalled = False  # an answer stopped responding: probes check the queue moves
         self._connect_lock = asyncio.Lock()
 
     async def probe(self) -> BackendInfo:
         self._forget()
         app, chat = await self._connect()
         await self._validate(app, chat, session="rtxrelay-probe")
+        if self._stalled:
+            await self._check_questions_move(app, chat)
+            self._stalled = False
         return BackendInfo(
             url=self._launch.redacted,
             gradio_version=app.version,
@@ -225,7 +229,30 @@ class ChatRtxBackend:
             )
         except BackendError as error:
             self._forget()
+            self._stalled |= error.kind is BackendErrorKind.STUCK
             yield Failed(error, partial_text=text)
+
+    async def _check_questions_move(self, app: GradioApp, chat: ChatFunction) -> None:
+        """Whether Chat with RTX takes up a question again after a stall. Its page and its
+        session checks answer even while the chat function hangs (Gradio runs each function
+        in its own line), so only a question tells: one that starts (or ends) within
+        RTX_FIRST_EVENT_TIMEOUT means the line moves; it is cancelled at once."""
+        events = self._client.run(app, chat.fn_index, self._inputs(app, chat, "ping", []),
+                                  session_hash="rtxrelay-probe", trigger_id=chat.trigger_id)
+        seconds = self._client.timeouts.first_event
+        try:
+            async with asyncio.timeout(seconds):
+                async for event in events:
+                    if not isinstance(event, JobQueued):
+                        return
+        except TimeoutError:
+            raise BackendError(
+                BackendErrorKind.STUCK,
+                f"Chat with RTX still does not take up a question within {seconds:g} s.",
+                hint="Restart Chat with RTX (then update RTX_URL).",
+            ) from None
+        finally:
+            await events.aclose()
 
     # -- internals ----------------------------------------------------------------------------
 

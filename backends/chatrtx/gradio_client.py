@@ -14,7 +14,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -210,7 +210,7 @@ class GradioQueueClient:
         *,
         session_hash: str,
         trigger_id: int | None = None,
-    ) -> AsyncIterator[JobEvent]:
+    ) -> AsyncGenerator[JobEvent, None]:
         """Join the queue and yield the job's events until it completes.
 
         Errors raise ``BackendError``. If the consumer stops early (cancel, or an exception),
@@ -510,10 +510,14 @@ class GradioQueueClient:
 
     @staticmethod
     def _timeout(limit: _Limit, seconds: float) -> BackendError:
+        # Silence while a job should be moving means Chat with RTX stopped responding, and
+        # the line behind it cannot move either; the total limit is just a long answer.
+        stuck = limit is not _Limit.TOTAL
         return BackendError(
-            BackendErrorKind.TIMEOUT,
+            BackendErrorKind.STUCK if stuck else BackendErrorKind.TIMEOUT,
             f"Chat with RTX {limit.what} within {seconds:g} s.",
-            hint=f"Check that it is not stuck; raise {limit.setting} if answers are just slow.",
+            hint=("Its window shows why; restart it. " if stuck else "")
+            + f"Raise {limit.setting} if answers are just slow.",
         )
 
     @staticmethod

@@ -128,16 +128,23 @@ async def test_model_failure_keeps_the_partial_answer(
     assert isinstance(visible[-1], Failed) and "Model failed" in str(visible[-1].error)
 
 
-async def test_idle_timeout_names_the_setting(http: aiohttp.ClientSession) -> None:
+async def test_a_stall_is_reported_as_stuck_and_probes_fail_until_questions_move(
+        http: aiohttp.ClientSession) -> None:
     # A stalled model blocks Chat with RTX's one-at-a-time queue for good (Gradio can only
     # stop a generator between two yields), so this test gets a replica of its own.
     async with Replica("4.26", token_delay=0.001) as rtx:
-        backend = backend_for(http, rtx.url, timeouts=Timeouts(idle=0.5))
+        backend = backend_for(http, rtx.url, timeouts=Timeouts(idle=0.5, first_event=2))
         updates = await collect(backend, "hang [stall]")
-    final = updates[-1]
-    assert isinstance(final, Failed) and final.error.kind is BackendErrorKind.TIMEOUT
-    assert "RTX_IDLE_TIMEOUT" in final.error.hint
-    assert final.partial_text.startswith("[turns=0] You asked: hang.")
+        final = updates[-1]
+        assert isinstance(final, Failed) and final.error.kind is BackendErrorKind.STUCK
+        assert "RTX_IDLE_TIMEOUT" in final.error.hint and "restart" in final.error.hint
+        assert final.partial_text.startswith("[turns=0] You asked: hang.")
+        # The page and the session checks still answer; the chat function does not.
+        with pytest.raises(BackendError) as still:
+            await backend.probe()
+        assert still.value.kind is BackendErrorKind.STUCK
+        # A backend that never stalled is probed without asking anything.
+        assert (await backend_for(http, rtx.url).probe()).protocol == "sse_v3"
 
 
 async def test_cancel_stops_the_job_on_the_server(
@@ -360,3 +367,16 @@ async def test_a_streamed_update_that_cannot_be_rebuilt_loses_no_text(
     assert final.raw == "Hello world, all of it."
     shown = [u.text for u in updates if isinstance(u, TextSoFar)]
     assert all("Hello world, all of it.".startswith(text) for text in shown), shown
+
+
+async def test_a_probe_after_a_stall_passes_once_questions_move_again(
+    rtx_426: Replica, http: aiohttp.ClientSession
+) -> None:
+    # Tokens slower than the idle limit look like a stall; once the job is cancelled Chat
+    # with RTX takes up questions again, and the probe (which asks one) says so.
+    backend = backend_for(http, rtx_426.url, timeouts=Timeouts(idle=0.3, first_event=20))
+    updates = await collect(backend, "slow [delay=1] [len=300]")
+    assert isinstance(updates[-1], Failed) and updates[-1].error.kind is BackendErrorKind.STUCK
+    info = await backend.probe()
+    assert info.protocol == "sse_v3"
+    assert isinstance((await collect(backend, "and now?"))[-1], Done)

@@ -361,3 +361,64 @@ async def test_a_stop_set_before_the_job_starts_ends_it_interrupted_and_keeps_th
         (turn,) = await store.turns_for_key(str(key))
         assert turn.question == "late question" and turn.status is TurnStatus.INTERRUPTED
         assert len(inflight) == 0
+
+
+class StallingBackend:
+    """Its first answer stops responding mid-way; probes fail until the test heals it."""
+
+    def __init__(self) -> None:
+        self.questions: list[str] = []
+        self.healthy = False
+        self.probes = 0
+
+    async def stream_answer(
+        self, question: str, history: Sequence[Exchange], *, session: str
+    ) -> AsyncIterator[BackendUpdate]:
+        self.questions.append(question)
+        yield Started()
+        yield TextSoFar("half an", "half an")
+        if len(self.questions) == 1:
+            yield Failed(BackendError(BackendErrorKind.STUCK, "It stopped sending text."),
+                         "half an")
+            return
+        yield Done("a whole answer", raw="a whole answer")
+
+    async def probe(self) -> None:
+        self.probes += 1
+        if not self.healthy:
+            raise BackendError(BackendErrorKind.STUCK, "still stuck")
+
+
+async def test_a_stuck_backend_tells_the_whole_line_at_once_and_reopens_after_a_probe(
+    store: SqliteStore,
+) -> None:
+    backend = StallingBackend()
+    service = ConversationService(backend, store, ConversationLimits(
+        recovery_probe_interval=0.01))  # type: ignore[arg-type]
+    users = [ConversationKey("test", "chat", f"u{i}") for i in range(4)]
+    try:
+        # One answer runs; two more wait in line behind it.
+        results = await asyncio.gather(*(drain(service.ask(key, f"q{i}"))
+                                         for i, key in enumerate(users[:3])))
+        for updates in results:
+            final = updates[-1]
+            assert isinstance(final, Finished) and final.status is TurnStatus.FAILED
+            assert final.error is not None and final.error.kind is BackendErrorKind.STUCK
+            assert "shorter" not in final.error.user_message  # it never blames the question
+        # The one that ran keeps its partial answer; the others never reached the backend.
+        assert sorted(updates[-1].text for updates in results) == ["", "", "half an"]
+        assert len(backend.questions) == 1, "the line was told at once, not sent to wait"
+        assert service.backend_stuck
+        # New questions are refused fast (stored as failed, never sent) until a probe works.
+        (late,) = [u for u in await drain(service.ask(users[3], "q3"))
+                   if isinstance(u, Finished)]
+        assert late.status is TurnStatus.FAILED and len(backend.questions) == 1
+        backend.healthy = True
+        async with asyncio.timeout(10):
+            while service.backend_stuck:
+                await asyncio.sleep(0.01)
+        final = (await drain(service.ask(users[3], "again")))[-1]
+        assert isinstance(final, Finished) and final.status is TurnStatus.COMPLETE
+        assert backend.probes >= 1
+    finally:
+        await service.close()
