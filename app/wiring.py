@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 
 from rtxrelay.backends.chatrtx.backend import ChatRtxBackend
+from rtxrelay.backends.chatrtx.settings import ChatRtxTarget
 from rtxrelay.core.conversation import ConversationService
 from rtxrelay.storage.sqlite_store import SqliteStore
 
 from . import processes
-from .settings import Settings
+from .settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +37,23 @@ def backend_session() -> aiohttp.ClientSession:
 
 def make_backend(http: aiohttp.ClientSession, settings: Settings) -> ChatRtxBackend:
     """The one place settings become a backend (relay, doctor); raises on bad settings."""
-    launch = settings.backend.launch_url()
+    target = settings.backend.target()
     return ChatRtxBackend(
         http,
-        launch,
-        ssl_context=settings.backend.ssl_context(launch),
+        target.launch,
+        ssl_context=target.ssl_context,
         timeouts=settings.backend.timeouts,
         chat_fn=settings.backend.chat_fn,
+        reload=_reread_rtx_url(settings.env_file),
     )
+
+
+def _reread_rtx_url(env_file: Path | None) -> Callable[[], ChatRtxTarget] | None:
+    """Chat with RTX's address as the settings file says now (the environment still wins):
+    pasting its new launch URL into .env reaches a running rtxrelay."""
+    if env_file is None:
+        return None
+    return lambda: load_settings(env_file=env_file).backend.target()
 
 
 @asynccontextmanager

@@ -9,8 +9,10 @@ chatbot's growing HTML into neutral Markdown updates.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import ssl
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,11 +28,14 @@ from rtxrelay.core.backend import (
     Started,
     TextSoFar,
 )
-from rtxrelay.core.errors import BackendError, BackendErrorKind
+from rtxrelay.core.errors import BackendError, BackendErrorKind, RelayError
 
 from .answer_html import StreamingConverter, convert_answer
 from .gradio_client import GradioApp, GradioQueueClient, JobOutput, JobQueued, JobStarted, Timeouts
 from .launch_url import LaunchUrl
+from .settings import ChatRtxTarget
+
+log = logging.getLogger(__name__)
 
 Json = Any
 
@@ -151,6 +156,11 @@ def _trigger_id(deps: list[dict[str, Json]], root: int) -> int | None:
     return None
 
 
+# Failures a restart of Chat with RTX explains (it moves to a new port and cookie).
+_RESTART_SIGNS = frozenset({BackendErrorKind.UNREACHABLE, BackendErrorKind.STOPPED,
+                            BackendErrorKind.SESSION_REJECTED, BackendErrorKind.TLS})
+
+
 class ChatRtxBackend:
     """Answers questions through a running Chat with RTX (0.2/0.3, Gradio 4.14+)."""
 
@@ -162,16 +172,14 @@ class ChatRtxBackend:
         ssl_context: ssl.SSLContext | bool = True,
         timeouts: Timeouts | None = None,
         chat_fn: str | None = None,
+        reload: Callable[[], ChatRtxTarget | None] | None = None,
     ) -> None:
+        """``reload`` reads RTX_URL again (from the settings file): Chat with RTX gets a new
+        port and cookie at every launch, and pasting its new URL must be enough."""
+        self._session = session
         self._launch = launch
-        self._client = GradioQueueClient(
-            session,
-            launch.base_url,
-            headers=launch.cookie_header,
-            ssl_context=ssl_context,
-            timeouts=timeouts,
-            display_url=launch.redacted,
-        )
+        self._reload = reload
+        self._client = self._client_for(ChatRtxTarget(launch, ssl_context), timeouts)
         self._chat_fn_override = chat_fn
         self._app: GradioApp | None = None
         self._chat: ChatFunction | None = None
@@ -179,7 +187,43 @@ class ChatRtxBackend:
         self._stalled = False  # an answer stopped responding: probes check the queue moves
         self._connect_lock = asyncio.Lock()
 
+    def _client_for(self, target: ChatRtxTarget, timeouts: Timeouts | None) -> GradioQueueClient:
+        return GradioQueueClient(
+            self._session,
+            target.launch.base_url,
+            headers=target.launch.cookie_header,
+            ssl_context=target.ssl_context,
+            timeouts=timeouts,
+            display_url=target.launch.redacted,
+        )
+
+    def _retarget(self, error: BackendError) -> bool:
+        """After a failure that a restarted Chat with RTX explains, read RTX_URL again; True
+        when it changed (the client then points at the new address)."""
+        if self._reload is None or error.kind not in _RESTART_SIGNS:
+            return False
+        try:
+            target = self._reload()
+        except RelayError as exc:
+            log.warning("RTX_URL in the settings file cannot be used: %s", exc.message)
+            return False
+        if target is None or target.launch == self._launch:
+            return False
+        self._launch = target.launch
+        self._client = self._client_for(target, self._client.timeouts)
+        self._forget()
+        log.warning("RTX_URL changed: Chat with RTX is now at %s", target.launch.redacted)
+        return True
+
     async def probe(self) -> BackendInfo:
+        try:
+            return await self._probe_once()
+        except BackendError as error:
+            if not self._retarget(error):
+                raise
+        return await self._probe_once()
+
+    async def _probe_once(self) -> BackendInfo:
         self._forget()
         app, chat = await self._connect()
         await self._validate(app, chat, session="rtxrelay-probe")
@@ -195,6 +239,22 @@ class ChatRtxBackend:
 
     async def stream_answer(
         self, question: str, history: Sequence[Exchange], *, session: str
+    ) -> AsyncGenerator[BackendUpdate, None]:
+        async with contextlib.aclosing(self._answer_once(question, history, session)) as first:
+            async for update in first:
+                # Nothing shown yet and Chat with RTX moved (a new RTX_URL): ask it there.
+                if isinstance(update, Failed) and not update.partial_text and \
+                        self._retarget(update.error):
+                    break
+                yield update
+            else:
+                return
+        async with contextlib.aclosing(self._answer_once(question, history, session)) as again:
+            async for update in again:
+                yield update
+
+    async def _answer_once(
+        self, question: str, history: Sequence[Exchange], session: str
     ) -> AsyncGenerator[BackendUpdate, None]:
         text = ""
         converter = StreamingConverter()

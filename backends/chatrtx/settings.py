@@ -14,6 +14,14 @@ from .launch_url import LaunchUrl, parse_launch_url
 
 
 @dataclass(frozen=True)
+class ChatRtxTarget:
+    """Where Chat with RTX is and how to trust it: what changes when it is restarted."""
+
+    launch: LaunchUrl
+    ssl_context: ssl.SSLContext | bool
+
+
+@dataclass(frozen=True)
 class ChatRtxSettings:
     url: str | None  # raw RTX_URL; parsed lazily so commands that don't need it still run
     ca_file: Path | None
@@ -47,6 +55,10 @@ class ChatRtxSettings:
                 "the port.",
             )
         return parse_launch_url(self.url)
+
+    def target(self) -> ChatRtxTarget:
+        launch = self.launch_url()
+        return ChatRtxTarget(launch, self.ssl_context(launch))
 
     def cookie(self) -> str | None:
         """The session cookie, a secret to keep out of logs; None when RTX_URL is unusable."""
