@@ -11,6 +11,7 @@ import logging
 import sys
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from importlib import metadata
 from typing import TextIO
 
 from rtxrelay.core.backend import Queued, Started, TextSoFar
@@ -25,17 +26,21 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 
 def main(argv: list[str] | None = None) -> int:
+    _never_fail_on_output()
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_CONFIG
     try:
-        settings = load_settings(env_file=args.env_file)
+        settings = load_settings(env_file=args.env_file or ".env",
+                                 required=args.env_file is not None)
     except RelayError as exc:
         _error(exc)
         return EXIT_CONFIG
-    level = settings.log_level if args.command == "run" else "WARNING"
+    # `run` is a service and logs at INFO; the other commands print their answer and only
+    # warnings, unless LOG_LEVEL asks for more.
+    level = settings.log_level if args.command == "run" or settings.log_level_set else "WARNING"
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log_redaction.install(secrets(settings))
     log_redaction.quiet_libraries(logging.getLogger().level, wire=settings.wire_logs)
@@ -57,20 +62,33 @@ def _parser() -> argparse.ArgumentParser:
         prog="rtxrelay",
         description="Reach Chat with RTX from Discord, Telegram and the terminal.",
     )
-    parser.add_argument("--env-file", default=".env", help="settings file (default: .env)")
+    parser.add_argument("--version", action="version",
+                        version=f"rtxrelay {metadata.version('rtxrelay')}")
+    env_help = ("settings file (default: .env in the current folder); a relative RTXRELAY_DB "
+                "is found beside it")
+    parser.add_argument("--env-file", metavar="FILE", default=None, help=env_help)
+    # Every subcommand takes --env-file too, before or after its name. SUPPRESS: when it is
+    # not repeated after the name, the value given before it stands.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--env-file", metavar="FILE", default=argparse.SUPPRESS, help=env_help)
     sub = parser.add_subparsers(dest="command")
-    ask = sub.add_parser("ask", help="ask one question and stream the answer")
+    ask = sub.add_parser("ask", parents=[common],
+                         help="ask one question and stream the answer")
     ask.add_argument("question", nargs="+")
     ask.set_defaults(handler=_cmd_ask)
-    chat = sub.add_parser("chat", help="chat with history (reads stdin when it is not a terminal)")
+    chat = sub.add_parser("chat", parents=[common],
+                          help="chat with history (reads stdin when it is not a terminal)")
     chat.add_argument("--new", action="store_true", help="start a fresh conversation")
     chat.set_defaults(handler=_cmd_chat)
-    doctor = sub.add_parser("doctor", help="check settings, Chat with RTX and the database")
+    doctor = sub.add_parser("doctor", parents=[common],
+                            help="check settings, Chat with RTX and the database")
     doctor.set_defaults(handler=_cmd_doctor)
-    discover = sub.add_parser("discover", help="find a running Chat with RTX on this PC")
+    discover = sub.add_parser("discover", parents=[common],
+                              help="find a running Chat with RTX on this PC")
     discover.add_argument("--ports", help="ports to probe, e.g. 7860,8000-8100")
     discover.set_defaults(handler=_cmd_discover)
-    run = sub.add_parser("run", help="start the configured Telegram and Discord bots")
+    run = sub.add_parser("run", parents=[common],
+                         help="start the configured Telegram and Discord bots")
     run.set_defaults(handler=_cmd_run)
     return parser
 
@@ -260,6 +278,14 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 # -- helpers --------------------------------------------------------------------------------------
+
+
+def _never_fail_on_output() -> None:
+    """Characters the console's code page lacks (a redirected Windows console is cp1252 or
+    similar; Chinese answers, emoji, "→") print as "?" instead of ending the command."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
+            stream.reconfigure(errors="replace")
 
 
 def _error(exc: RelayError) -> None:

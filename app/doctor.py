@@ -31,7 +31,7 @@ async def run_doctor(settings: Settings, out: TextIO) -> int:
     def info(what: str) -> None:
         print(f"--    {what}", file=out)
 
-    ok(f"settings loaded ({settings.env_file or 'environment only, no .env file'})")
+    ok(f"settings from {settings.env_file or 'the environment only (no .env file)'}")
     try:
         launch = settings.backend.launch_url()
         settings.backend.ssl_context(launch)  # reports a bad RTX_CA_FILE / insecure setting

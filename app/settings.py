@@ -9,6 +9,8 @@ start (``bots.PLATFORMS``).
 
 from __future__ import annotations
 
+import codecs
+import io
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,23 +36,27 @@ class Settings:
     env: Env  # every raw value, for the parts that read their own settings
     env_file: Path | None = None
     wire_logs: bool = False  # LOG_WIRE=1: the libraries' DEBUG lines too (they hold messages)
+    log_level_set: bool = False  # LOG_LEVEL given: every command logs at it
 
 
 def load_settings(
-    environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+    environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env", *,
+    required: bool = False,
 ) -> Settings:
-    """Read settings; ``environ`` defaults to ``os.environ``; a missing env_file is fine."""
+    """Read settings; ``environ`` defaults to ``os.environ``. A missing ``env_file`` is fine
+    unless ``required`` (the operator named it). A relative RTXRELAY_DB is resolved against
+    the settings file's folder: services start in another folder (Task Scheduler's is
+    C:\\Windows\\System32) and must find the same database."""
     values: dict[str, str] = {}
     used_file: Path | None = None
     if env_file is not None:
         path = Path(env_file)
         if path.is_file():
-            try:
-                loaded = dotenv_values(path)
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ConfigError(f"Cannot read {path}: {exc}.", hint="Fix or remove it.") from exc
-            values.update({k: v for k, v in loaded.items() if v is not None})
-            used_file = path
+            values.update(_read_env_file(path))
+            used_file = path.resolve()
+        elif required:
+            raise ConfigError(f"The settings file {path} does not exist.",
+                              hint="Check the path given to --env-file.")
     values.update(os.environ if environ is None else environ)
     env = Env(values)
     limits = ConversationLimits(
@@ -60,6 +66,9 @@ def load_settings(
         max_concurrent_jobs=env.int("MAX_CONCURRENT_JOBS", 1, minimum=1, maximum=64),
         user_rate=env.rate("USER_RATE_LIMIT", Rate(10, 60.0)),
     )
+    database = Path(env.str("RTXRELAY_DB") or "rtxrelay.db")
+    if not database.is_absolute() and str(database) != ":memory:":
+        database = (used_file.parent if used_file else Path.cwd()) / database
     level = (env.str("LOG_LEVEL") or "INFO").upper()
     if level not in LOG_LEVELS:
         raise ConfigError(
@@ -67,13 +76,37 @@ def load_settings(
         )
     return Settings(
         backend=ChatRtxSettings.from_env(env),
-        database=Path(env.str("RTXRELAY_DB") or "rtxrelay.db"),
+        database=database,
         limits=limits,
         log_level=level,
+        log_level_set=env.str("LOG_LEVEL") is not None,
         env=env,
         env_file=used_file,
         wire_logs=env.bool("LOG_WIRE", False),
     )
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    """The file's settings. PowerShell 5.1 writes UTF-16 with a byte-order mark and Notepad
+    may add a UTF-8 one: both are read; anything else must be UTF-8."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"Cannot read {path}: {exc.strerror}.",
+                          hint="Check the file's permissions.") from exc
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        text = raw.decode("utf-16")
+    else:
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise ConfigError(
+                f"{path} is not UTF-8 text.",
+                hint="Open it in Notepad and save it as UTF-8 (PowerShell: "
+                "Set-Content -Encoding utf8).",
+            ) from None
+    loaded = dotenv_values(stream=io.StringIO(text))
+    return {name: value for name, value in loaded.items() if value is not None}
 
 
 def secrets(settings: Settings) -> list[str]:

@@ -58,7 +58,10 @@ def _reread_rtx_url(env_file: Path | None) -> Callable[[], ChatRtxTarget] | None
 
 @asynccontextmanager
 async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
-    settings.backend.ssl_context(settings.backend.launch_url())  # fail fast on bad settings
+    target = settings.backend.target()  # fails fast on bad settings
+    log.info("settings from %s; database %s; Chat with RTX at %s",
+             settings.env_file or "the environment only", settings.database,
+             target.launch.redacted)
     async with backend_session() as http, SqliteStore(settings.database,
                                                        owner=processes.current()) as store:
         recovered = await store.recover_pending(processes.is_alive)

@@ -14,7 +14,7 @@ RTXRELAY = [sys.executable, "-m", "rtxrelay.app.cli"]
 
 
 async def run_cli(*args: str, env: dict[str, str], cwd: Path, stdin: str = "",
-                  timeout: float = 60) -> tuple[int, str, str]:
+                  timeout: float = 60, encoding: str = "utf-8") -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         *RTXRELAY, *args,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -29,7 +29,7 @@ async def run_cli(*args: str, env: dict[str, str], cwd: Path, stdin: str = "",
         await proc.wait()
         raise
     assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return proc.returncode, out.decode(encoding), err.decode(encoding)
 
 
 async def test_ask_streams_the_answer(rtx_426: Replica, tmp_path: Path) -> None:
