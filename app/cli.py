@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import getpass
 import io
 import logging
+import os
 import sys
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import Callable
 from importlib import metadata
-from typing import TextIO
 
-from rtxrelay.core.backend import Queued, Started, TextSoFar
-from rtxrelay.core.conversation import Busy, Finished, Rejected, ReplyUpdate
 from rtxrelay.core.errors import ConfigError, RelayError
-from rtxrelay.core.store import ConversationKey, TurnStatus
+from rtxrelay.core.store import ConversationKey
 
-from . import log_redaction
+from . import log_redaction, terminal
 from .settings import Settings, load_settings, secrets
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -49,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         return command(settings, args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`rtxrelay ask … | head`): end quietly, and let nothing try
+        # to flush into the closed pipe on the way out.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except ConfigError as exc:
         _error(exc)
         return EXIT_CONFIG
@@ -105,7 +107,8 @@ def _cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
         async with open_relay(settings) as relay:
             # A one-off question: its own conversation (persisted like any other).
             key = ConversationKey("cli", "ask", uuid.uuid4().hex[:8])
-            return await _print_answer(relay.service.ask(key, question), sys.stdout, sys.stderr)
+            return await terminal.print_answer(relay.service.ask(key, question), sys.stdout,
+                                               sys.stderr)
 
     return asyncio.run(go())
 
@@ -113,7 +116,6 @@ def _cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
 def _cmd_chat(settings: Settings, args: argparse.Namespace) -> int:
     from .wiring import open_relay
 
-    interactive = sys.stdin.isatty()
     # A byte that is not valid in the console's encoding becomes U+FFFD instead of a crash.
     if isinstance(sys.stdin, io.TextIOWrapper):
         sys.stdin.reconfigure(errors="replace")
@@ -121,84 +123,11 @@ def _cmd_chat(settings: Settings, args: argparse.Namespace) -> int:
     async def go() -> int:
         async with open_relay(settings) as relay:
             key = ConversationKey("cli", "terminal", _local_user())
-            if args.new:
-                await relay.service.reset(key)
-            if interactive:
-                print(
-                    "Chat with RTX — /reset starts over, /retry asks again, /quit leaves.",
-                    file=sys.stderr,
-                )
-            status = EXIT_OK
-            while True:
-                if interactive:
-                    print("you> ", end="", file=sys.stderr, flush=True)
-                line = await asyncio.to_thread(sys.stdin.readline)
-                if not line:
-                    break
-                text = line.strip()
-                if not text:
-                    continue
-                if text in ("/quit", "/exit"):
-                    break
-                if text == "/reset":
-                    await relay.service.reset(key)
-                    print("(new conversation)", file=sys.stderr)
-                    continue
-                stream = (
-                    relay.service.retry(key) if text == "/retry" else relay.service.ask(key, text)
-                )
-                if interactive:
-                    print("rtx> ", end="", file=sys.stderr, flush=True)
-                result = await _print_answer(stream, sys.stdout, sys.stderr)
-                status = max(status, result)
-            return status
+            return await terminal.chat(relay.service, key, new=args.new,
+                                       interactive=sys.stdin.isatty(), out=sys.stdout,
+                                       err=sys.stderr)
 
     return asyncio.run(go())
-
-
-async def _print_answer(stream: AsyncGenerator[ReplyUpdate, None], out: TextIO,
-                        err: TextIO) -> int:
-    # aclosing: returning early must end the answer now (its conversation stays busy until
-    # then, and the next line would be refused as "still answering").
-    async with contextlib.aclosing(stream):
-        return await _print_updates(stream, out, err)
-
-
-async def _print_updates(stream: AsyncIterator[ReplyUpdate], out: TextIO, err: TextIO) -> int:
-    printed = ""
-    async for update in stream:
-        if isinstance(update, Queued):
-            print(f"(#{update.position} in line)", file=err, flush=True)
-        elif isinstance(update, Started):
-            continue
-        elif isinstance(update, TextSoFar):
-            printed = _print_more(out, printed, update.text)
-        elif isinstance(update, Busy):
-            print("Still answering the previous question.", file=err)
-            return EXIT_FAILED
-        elif isinstance(update, Rejected):
-            print(update.reason, file=err)
-            return EXIT_FAILED
-        elif isinstance(update, Finished):
-            printed = _print_more(out, printed, update.text)
-            print(file=out, flush=True)
-            if update.history_trimmed:
-                print("(older messages were left out of the context)", file=err)
-            if update.error is not None:
-                _error(update.error)
-                return EXIT_FAILED
-            if update.status is TurnStatus.INTERRUPTED:
-                print("(stopped)", file=err)
-    return EXIT_OK
-
-
-def _print_more(out: TextIO, printed: str, text: str) -> str:
-    if text.startswith(printed):
-        out.write(text[len(printed) :])
-    else:  # earlier text changed (rare): start a fresh line with the whole answer
-        out.write("\n" + text)
-    out.flush()
-    return text
 
 
 # -- doctor ---------------------------------------------------------------------------------------
@@ -289,9 +218,7 @@ def _never_fail_on_output() -> None:
 
 
 def _error(exc: RelayError) -> None:
-    print(f"error: {exc.message}", file=sys.stderr)
-    if exc.hint:
-        print(f"  → {exc.hint}", file=sys.stderr)
+    terminal.print_error(exc, sys.stderr)
 
 
 def _local_user() -> str:

@@ -3,9 +3,16 @@ a working folder that is not the project's, --env-file anywhere, --version."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import sqlite3
+import sys
 from pathlib import Path
 
-from tests.app.test_cli import run_cli
+import pytest
+
+from tests.app.test_cli import RTXRELAY, run_cli
 from tests.replica import fake_model
 from tests.replica.launcher import Replica, free_port
 
@@ -71,3 +78,66 @@ async def test_version_and_log_level_for_every_command(rtx_426: Replica, tmp_pat
         f"database {tmp_path / 'r.db'}" in err, err
     code, _, err = await run_cli("ask", "hi", env={**env, "LOG_LEVEL": ""}, cwd=tmp_path)
     assert code == 0 and err == "", "a plain ask prints the answer and nothing else"
+
+
+async def _read_until(stream: asyncio.StreamReader, needle: bytes, timeout: float) -> bytes:
+    seen = b""
+    async with asyncio.timeout(timeout):
+        while needle not in seen:
+            chunk = await stream.read(4096)
+            if not chunk:
+                break
+            seen += chunk
+    return seen
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="Ctrl+C reaches the whole console there")
+async def test_ctrl_c_stops_the_answer_then_leaves_at_the_prompt(
+        rtx_426: Replica, tmp_path: Path) -> None:
+    env = {**os.environ, "RTX_URL": rtx_426.url, "RTXRELAY_DB": str(tmp_path / "r.db")}
+    proc = await asyncio.create_subprocess_exec(
+        *RTXRELAY, "chat", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, cwd=tmp_path, env=env)
+    assert proc.stdin and proc.stdout and proc.stderr
+    try:
+        proc.stdin.write(b"a long one [len=20000] [delay=0.02]\n")
+        await proc.stdin.drain()
+        assert await _read_until(proc.stdout, b"You asked", 30)  # it is streaming
+        proc.send_signal(signal.SIGINT)
+        assert b"(stopped)" in await _read_until(proc.stderr, b"(stopped)", 30)
+        # Only the answer stopped: the chat goes on.
+        proc.stdin.write(b"[echo] and now?\n")
+        await proc.stdin.drain()
+        assert b"and now?\n" in await _read_until(proc.stdout, b"and now?\n", 30)
+        # At the prompt (nothing typed, input still open), Ctrl+C leaves at once. (Pressed
+        # again while the finished answer hands back the prompt, it leaves too.)
+        exited = asyncio.ensure_future(proc.wait())
+        async with asyncio.timeout(15):
+            while not exited.done():
+                proc.send_signal(signal.SIGINT)
+                await asyncio.wait({exited}, timeout=1)
+        assert exited.result() == 130
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    with sqlite3.connect(tmp_path / "r.db") as db:
+        statuses = [row[0] for row in db.execute("SELECT status FROM turns ORDER BY id")]
+    assert statuses[0] == "interrupted"
+
+
+async def test_a_reader_that_goes_away_ends_the_command_quietly(
+        rtx_426: Replica, tmp_path: Path) -> None:
+    env = {**os.environ, "RTX_URL": rtx_426.url, "RTXRELAY_DB": str(tmp_path / "r.db")}
+    read_end, write_end = os.pipe()
+    proc = await asyncio.create_subprocess_exec(
+        *RTXRELAY, "ask", "long [len=60000] [delay=0.001]", stdout=write_end,
+        stderr=asyncio.subprocess.PIPE, cwd=tmp_path, env=env)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:  # `| head -c 100`
+        assert reader.read(100)
+    assert proc.stderr
+    async with asyncio.timeout(60):
+        err = await proc.stderr.read()
+        code = await proc.wait()
+    assert code == 0 and b"Traceback" not in err and b"BrokenPipe" not in err, err
