@@ -36,7 +36,7 @@ async def run_doctor(settings: Settings, out: TextIO) -> int:
         launch = settings.backend.launch_url()
         settings.backend.ssl_context(launch)  # reports a bad RTX_CA_FILE / insecure setting
     except RelayError as exc:
-        bad("RTX_URL", exc)
+        bad(getattr(exc, "setting", None) or "RTX_URL", exc)
     else:
         ok(f"RTX_URL is {launch.redacted}")
         if not launch.cookie:

@@ -191,7 +191,9 @@ class ConversationService:
                 elif isinstance(item, Failed):
                     final = Finished(item.partial_text or text, TurnStatus.FAILED, item.error,
                                      trimmed)
-                    log.warning("answer failed (%s): %s", item.error.kind.value, item.error)
+                    # INFO: the asker is told; `rtxrelay run` logs INFO by default, and the
+                    # terminal commands must not print the same failure twice.
+                    log.info("answer failed (%s): %s", item.error.kind.value, item.error)
                 else:  # _BackendEnded
                     failure = BackendError(
                         BackendErrorKind.STOPPED, "The backend ended without an answer."

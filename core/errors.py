@@ -23,7 +23,11 @@ class RelayError(Exception):
 
 
 class ConfigError(RelayError):
-    """A setting is missing or malformed."""
+    """A setting is missing or malformed; ``setting`` names it when one is to blame."""
+
+    def __init__(self, message: str, *, hint: str = "", setting: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.setting = setting
 
 
 class PlatformUnreachable(RelayError):

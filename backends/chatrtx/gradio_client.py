@@ -461,14 +461,14 @@ class GradioQueueClient:
             yield
         except aiohttp.ClientPayloadError as exc:
             if step is not _Step.STREAM:
-                raise self._connection_error(exc) from exc
+                raise self._connection_error(exc, step) from exc
             raise BackendError(
                 BackendErrorKind.STOPPED,
                 "The connection to Chat with RTX broke in the middle of the answer.",
                 hint="Chat with RTX may have crashed or been closed; restart it, update RTX_URL.",
             ) from exc
         except aiohttp.ClientError as exc:
-            raise self._connection_error(exc) from exc
+            raise self._connection_error(exc, step) from exc
         except TimeoutError as exc:
             raise BackendError(
                 BackendErrorKind.UNREACHABLE,
@@ -476,7 +476,14 @@ class GradioQueueClient:
                 hint=step.hint,
             ) from exc
 
-    def _connection_error(self, exc: aiohttp.ClientError) -> BackendError:
+    def _connection_error(self, exc: aiohttp.ClientError, step: _Step) -> BackendError:
+        https = self._base_url.startswith("https:")
+        if https and any(sign in str(exc).lower() for sign in _PLAIN_HTTP_SIGNS):
+            return BackendError(
+                BackendErrorKind.TLS,
+                f"{self._display} answers in plain http, not https.",
+                hint="Write RTX_URL with http:// (Chat with RTX 0.2 serves plain http).",
+            )
         if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
             return BackendError(
                 BackendErrorKind.TLS,
@@ -484,9 +491,17 @@ class GradioQueueClient:
                 hint="Chat with RTX 0.3 uses its own self-signed certificate: set RTX_CA_FILE to "
                 "it, or RTX_INSECURE_LOCALHOST=1 when Chat with RTX runs on this PC.",
             )
-        if isinstance(
-            exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError
-        ) and not isinstance(exc, aiohttp.ClientConnectorError):
+        dropped = isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError) \
+            and not isinstance(exc, aiohttp.ClientConnectorError)
+        if dropped and step is _Step.CONFIG and not https:
+            # An https server hangs up on a plain http request before answering it.
+            return BackendError(
+                BackendErrorKind.TLS,
+                f"{self._display} hung up on a plain http request: it may serve https.",
+                hint="Chat with RTX 0.3 serves https: write RTX_URL with https:// and set "
+                "RTX_INSECURE_LOCALHOST=1 (or RTX_CA_FILE to its certificate).",
+            )
+        if dropped:
             return BackendError(
                 BackendErrorKind.STOPPED,
                 f"{self._display} closed the connection.",
@@ -537,6 +552,10 @@ class GradioQueueClient:
             hint="Check the Chat with RTX window for the model's error.",
         )
 
+
+# What OpenSSL says when the server on the other end speaks plain http.
+_PLAIN_HTTP_SIGNS = ("wrong version number", "record layer failure", "packet length too long",
+                     "http request")
 
 _DIFF_OPS = frozenset({"replace", "append", "add", "delete"})
 

@@ -16,6 +16,7 @@ from rtxrelay.core.errors import BackendError, BackendErrorKind
 
 _URL_IN_LINE = re.compile(r"https?://\S+", re.IGNORECASE)
 COOKIE_NAME = "_s_chat_"
+_COOKIE_VALUE = re.compile(r"(cookie=)[^&\s'\"]+", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,11 @@ class LaunchUrl:
         return {"Cookie": f"{COOKIE_NAME}={self.cookie}"} if self.cookie else {}
 
 
+def _without_cookie(text: str) -> str:
+    """``text`` with any cookie value masked: it is a credential, even in a bad URL."""
+    return _COOKIE_VALUE.sub(r"\1…", text)
+
+
 def parse_launch_url(raw: str) -> LaunchUrl:
     """Parse ``RTX_URL``; raise a ``BackendError(BAD_URL)`` that says how to fix it."""
     text = raw.strip().strip("'\"")
@@ -64,7 +70,7 @@ def parse_launch_url(raw: str) -> LaunchUrl:
     if found is None:
         raise BackendError(
             BackendErrorKind.BAD_URL,
-            f"RTX_URL {text[:60]!r} is not an http(s) URL.",
+            f"RTX_URL {_without_cookie(text)[:60]!r} is not an http(s) URL.",
             hint="Copy the whole 'Open http://127.0.0.1:PORT?cookie=… in browser' URL from the "
             "Chat with RTX window.",
         )

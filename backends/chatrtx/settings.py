@@ -86,6 +86,7 @@ class ChatRtxSettings:
                 raise ConfigError(
                     f"RTX_CA_FILE={self.ca_file} does not exist.",
                     hint="Point it at Chat with RTX's certificate (.pem) or unset it.",
+                    setting="RTX_CA_FILE",
                 )
             return ssl.create_default_context(cafile=str(self.ca_file))
         if self.insecure_localhost:
@@ -93,6 +94,7 @@ class ChatRtxSettings:
                 raise ConfigError(
                     "RTX_INSECURE_LOCALHOST=1 only applies to Chat with RTX on this PC "
                     f"(127.0.0.1/localhost), not {launch.host}.",
+                    setting="RTX_INSECURE_LOCALHOST",
                     hint="Set RTX_CA_FILE to its certificate instead.",
                 )
             # Chat with RTX 0.3 generates its own self-signed certificate at install time.
