@@ -162,6 +162,8 @@ def _cmd_discover(settings: Settings, args: argparse.Namespace) -> int:
         )
         return EXIT_FAILED
     best = chatrtx[0]
+    if len(chatrtx) > 1:
+        print(f"\nMost likely Chat with RTX: {best.base_url} ({best.detail}).")
     print(f"\nSet RTX_URL={best.base_url}?cookie=<the cookie from the URL Chat with RTX printed>")
     if best.base_url.startswith("https"):
         print(

@@ -11,17 +11,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import aiohttp
 
-from rtxrelay.backends.chatrtx.backend import find_chat_function
-from rtxrelay.backends.chatrtx.gradio_client import GradioQueueClient, Timeouts
-from rtxrelay.core.errors import BackendError
+from rtxrelay.backends.chatrtx.backend import ChatFunction, find_chat_function
+from rtxrelay.backends.chatrtx.gradio_client import GradioApp, GradioQueueClient, Timeouts
+from rtxrelay.core.errors import BackendError, BackendErrorKind
 
 CHATRTX_PORT_RANGE = range(1024, 49001)
+
+
+class Evidence(enum.IntEnum):
+    """How sure we are that a Gradio app is Chat with RTX; candidates are ranked by it."""
+
+    OTHER_APP = 0  # a Gradio app with no streaming chat function
+    CHAT_FUNCTION = 1  # a chat function, but none of Chat with RTX's session checks
+    SESSION_CHECK = 2  # Chat with RTX's shape: a chat function behind session checks
+    REJECTS_NO_COOKIE = 3  # and the check refuses a request without the launch cookie
 
 
 @dataclass(frozen=True)
@@ -29,8 +39,12 @@ class Found:
     base_url: str
     gradio_version: str
     protocol: str
-    is_chatrtx: bool
-    detail: str
+    evidence: Evidence
+    detail: str  # what was seen, for the operator
+
+    @property
+    def is_chatrtx(self) -> bool:
+        return self.evidence >= Evidence.CHAT_FUNCTION
 
 
 def listening_loopback_ports() -> list[int] | None:
@@ -81,7 +95,7 @@ async def discover(
                         return
 
         await asyncio.gather(*(probe(p) for p in candidates))
-    found.sort(key=lambda f: (not f.is_chatrtx, f.base_url))
+    found.sort(key=lambda f: (-f.evidence, f.base_url))
     return found
 
 
@@ -98,6 +112,27 @@ async def _probe(http: aiohttp.ClientSession, base_url: str, timeout: float) -> 
         try:
             chat = find_chat_function(app)
         except BackendError:
-            return Found(base_url, app.version, app.protocol, False, "Gradio app without a chat")
-        return Found(base_url, app.version, app.protocol, True, chat.label)
+            return Found(base_url, app.version, app.protocol, Evidence.OTHER_APP,
+                         "a Gradio app without a chat")
+        evidence, seen = await _session_check(client, app, chat, timeout)
+        return Found(base_url, app.version, app.protocol, evidence, f"{chat.label}; {seen}")
     return None
+
+
+async def _session_check(client: GradioQueueClient, app: GradioApp, chat: ChatFunction,
+                         timeout: float) -> tuple[Evidence, str]:
+    """Run the app's first session check without a cookie: Chat with RTX refuses it."""
+    if not chat.validators:
+        return Evidence.CHAT_FUNCTION, "no session check, unlike Chat with RTX"
+    try:
+        async with asyncio.timeout(2 * timeout):
+            async for _ in client.run(app, chat.validators[0], [],
+                                      session_hash="rtxrelay-discover",
+                                      trigger_id=chat.trigger_id):
+                pass
+    except BackendError as exc:
+        if exc.kind is BackendErrorKind.SESSION_REJECTED:
+            return Evidence.REJECTS_NO_COOKIE, "refuses a request without its launch cookie"
+    except TimeoutError:
+        pass
+    return Evidence.SESSION_CHECK, "has Chat with RTX's session check"

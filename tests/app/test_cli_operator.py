@@ -141,3 +141,45 @@ async def test_a_reader_that_goes_away_ends_the_command_quietly(
         err = await proc.stderr.read()
         code = await proc.wait()
     assert code == 0 and b"Traceback" not in err and b"BrokenPipe" not in err, err
+
+
+async def test_discover_recommends_what_it_verified_and_says_why(
+        rtx_426: Replica, tmp_path: Path) -> None:
+    """Another Gradio chat app (no session check) on a port that sorts first is not picked."""
+    import aiohttp
+    from aiohttp import web
+
+    async with aiohttp.ClientSession() as http, http.get(rtx_426.base_url + "/config") as resp:
+        config = await resp.json()
+    for dep in config["dependencies"]:
+        dep["trigger_after"] = None  # the same chat function, without Chat with RTX's checks
+
+    async def config_(request: web.Request) -> web.Response:
+        return web.json_response(config)
+
+    app = web.Application()
+    app.router.add_get("/config", config_)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = next(p for p in range(10000, 20000) if _bindable(p))  # "1…" sorts before others
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        code, out, err = await run_cli("discover", "--ports", f"{port},{rtx_426.port}", env={},
+                                       cwd=tmp_path, timeout=90)
+    finally:
+        await runner.cleanup()
+    assert code == 0, err
+    assert f"Most likely Chat with RTX: http://127.0.0.1:{rtx_426.port}" in out, out
+    assert "refuses a request without its launch cookie" in out
+    assert f"RTX_URL=http://127.0.0.1:{rtx_426.port}?cookie=" in out
+
+
+def _bindable(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
