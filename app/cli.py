@@ -7,11 +7,13 @@ import asyncio
 import getpass
 import io
 import logging
+import logging.handlers
 import os
 import sys
 import uuid
 from collections.abc import Callable
 from importlib import metadata
+from pathlib import Path
 
 from rtxrelay.core.errors import ConfigError, RelayError
 from rtxrelay.core.store import ConversationKey
@@ -38,7 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     # `run` is a service and logs at INFO; the other commands print their answer and only
     # warnings, unless LOG_LEVEL asks for more.
     level = settings.log_level if args.command == "run" or settings.log_level_set else "WARNING"
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if settings.log_file is not None:
+        try:
+            handlers.append(_rotating_file(settings.log_file))
+        except OSError as exc:
+            _error(ConfigError(f"Cannot write the log file {settings.log_file}: {exc.strerror}.",
+                               hint="Check LOG_FILE and the folder's permissions."))
+            return EXIT_CONFIG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=handlers)
     log_redaction.install(secrets(settings))
     log_redaction.quiet_libraries(logging.getLogger().level, wire=settings.wire_logs)
     command: Callable[[Settings, argparse.Namespace], int] = args.handler
@@ -209,6 +220,13 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 # -- helpers --------------------------------------------------------------------------------------
+
+
+def _rotating_file(path: Path) -> logging.Handler:
+    """LOG_FILE: 5 files of 5 MB at most, UTF-8 whatever the console's code page."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return logging.handlers.RotatingFileHandler(path, maxBytes=5 * 1024 * 1024, backupCount=4,
+                                                encoding="utf-8")
 
 
 def _never_fail_on_output() -> None:

@@ -37,6 +37,7 @@ class Settings:
     env_file: Path | None = None
     wire_logs: bool = False  # LOG_WIRE=1: the libraries' DEBUG lines too (they hold messages)
     log_level_set: bool = False  # LOG_LEVEL given: every command logs at it
+    log_file: Path | None = None  # LOG_FILE: also log there, rotated (a service has no console)
 
 
 def load_settings(
@@ -66,9 +67,13 @@ def load_settings(
         max_concurrent_jobs=env.int("MAX_CONCURRENT_JOBS", 1, minimum=1, maximum=64),
         user_rate=env.rate("USER_RATE_LIMIT", Rate(10, 60.0)),
     )
+    here = used_file.parent if used_file else Path.cwd()
     database = Path(env.str("RTXRELAY_DB") or "rtxrelay.db")
     if not database.is_absolute() and str(database) != ":memory:":
-        database = (used_file.parent if used_file else Path.cwd()) / database
+        database = here / database
+    log_file = Path(raw_log) if (raw_log := env.str("LOG_FILE")) else None
+    if log_file is not None and not log_file.is_absolute():
+        log_file = here / log_file
     level = (env.str("LOG_LEVEL") or "INFO").upper()
     if level not in LOG_LEVELS:
         raise ConfigError(
@@ -80,6 +85,7 @@ def load_settings(
         limits=limits,
         log_level=level,
         log_level_set=env.str("LOG_LEVEL") is not None,
+        log_file=log_file,
         env=env,
         env_file=used_file,
         wire_logs=env.bool("LOG_WIRE", False),

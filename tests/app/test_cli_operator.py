@@ -183,3 +183,17 @@ def _bindable(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+async def test_log_file_beside_the_env_file_without_secrets(rtx_426: Replica,
+                                                            tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(f"RTX_URL={rtx_426.url}\nLOG_FILE=logs/rtxrelay.log\n"
+                                   "LOG_LEVEL=INFO\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code, _, err = await run_cli("ask", "--env-file", str(tmp_path / ".env"), "hi", env={},
+                                 cwd=elsewhere)
+    assert code == 0, err
+    log = (tmp_path / "logs" / "rtxrelay.log").read_text(encoding="utf-8")
+    assert "INFO rtxrelay.app.wiring: settings from" in log
+    assert rtx_426.cookie is not None and rtx_426.cookie not in log
