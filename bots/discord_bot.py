@@ -111,6 +111,13 @@ class DiscordSettings:
             raise ConfigError("DISCORD_TOKEN is not set.",
                               hint="Developer portal → your app → Bot → Reset Token.")
         history = env.choice("DISCORD_HISTORY", History, History.USER)
+        proxy = env.str("DISCORD_PROXY")
+        if proxy and not proxy.lower().startswith(("http://", "https://")):
+            # aiohttp would take socks5://… for an http proxy and fail as "disconnected".
+            raise ConfigError(f"DISCORD_PROXY={proxy.split('://')[0]}://… is not an http proxy.",
+                              hint="discord.py reaches Discord through http proxies only "
+                              "(http://host:port); for SOCKS, run an http-to-SOCKS proxy.",
+                              setting="DISCORD_PROXY")
         guilds = env.ids("DISCORD_COMMAND_GUILD")
         if len(guilds) > 1:
             raise ConfigError("DISCORD_COMMAND_GUILD takes one server id.",
@@ -121,7 +128,7 @@ class DiscordSettings:
             allowed_roles=env.ids("DISCORD_ALLOWED_ROLES"),
             allowed_channels=env.ids("DISCORD_ALLOWED_CHANNELS"),
             allowed_guilds=env.ids("DISCORD_ALLOWED_GUILDS"),
-            proxy=env.str("DISCORD_PROXY"),
+            proxy=proxy,
             command_guild=next(iter(guilds), None),
             history_per_channel=history is History.CHANNEL,
             message_content=env.bool("DISCORD_MESSAGE_CONTENT", False),

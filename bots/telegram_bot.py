@@ -246,13 +246,16 @@ class TelegramBot:
     # PTB's Application takes six type parameters; the builder's defaults are the ones used.
     def _build(self) -> Application:  # type: ignore[type-arg]  # see above
         proxy = self._settings.proxy
+        # Both request objects carry the proxy: once a request instance is set, PTB refuses its
+        # *_proxy options ("may only be set, if no request instance was set", issue 14). The
+        # long poll's is the one ApplicationBuilder would build itself: a pool of one, PTB's
+        # default timeouts (get_updates adds the poll's own timeout to the read timeout).
         builder = (ApplicationBuilder().token(self._settings.token).concurrent_updates(True)
-                   .request(BoundedRequest(proxy=proxy)))
+                   .request(BoundedRequest(proxy=proxy))
+                   .get_updates_request(HTTPXRequest(connection_pool_size=1, proxy=proxy)))
         if self._settings.api_base_url:
             base = self._settings.api_base_url.rstrip("/")
             builder = builder.base_url(base).base_file_url(base.replace("/bot", "/file/bot", 1))
-        if proxy:
-            builder = builder.get_updates_proxy(proxy)
         app = builder.build()
         app.add_handler(CommandHandler(["start", "help"], self._on_help))
         app.add_handler(CommandHandler("ask", self._on_ask))

@@ -459,6 +459,7 @@ def test_settings_from_env_and_clear_errors() -> None:
         ({"DISCORD_TOKEN": "t", "DISCORD_COMMAND_GUILD": "1,2"}, "one server id"),
         ({"DISCORD_TOKEN": "t", "DISCORD_ALLOWED_USERS": "@bob"}, "not a numeric id"),
         ({"DISCORD_TOKEN": "t", "DISCORD_MESSAGE_CONTENT": "maybe"}, "yes/no"),
+        ({"DISCORD_TOKEN": "t", "DISCORD_PROXY": "socks5://u:secret@h:1080"}, "not an http"),
     ]:
         with pytest.raises(ConfigError, match=needle):
             read(**env)
