@@ -523,9 +523,9 @@ class DiscordBot:
         )
         if not (mentioned or replied):
             return None
-        # Remove only our own mention token; other mentions are part of the question.
-        text = re.sub(rf"<@!?{me}>", " ", text)
-        return " ".join(text.split())
+        # Remove only our own mention token; other mentions are part of the question, and so
+        # are line breaks and indentation (code).
+        return re.sub(rf"<@!?{me}>", " ", text).strip()
 
     async def _say(self, message: discord.Message, text: str) -> None:
         with contextlib.suppress(discord.HTTPException):

@@ -257,12 +257,15 @@ class TelegramBot:
             base = self._settings.api_base_url.rstrip("/")
             builder = builder.base_url(base).base_file_url(base.replace("/bot", "/file/bot", 1))
         app = builder.build()
-        app.add_handler(CommandHandler(["start", "help"], self._on_help))
-        app.add_handler(CommandHandler("ask", self._on_ask))
-        app.add_handler(CommandHandler("reset", self._on_reset))
-        app.add_handler(CommandHandler("cancel", self._on_cancel))
-        app.add_handler(CommandHandler("retry", self._on_retry))
-        app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, self._on_text))
+        # New messages only: editing a question does not ask it again (each edit would start
+        # another whole answer); the README says to send it anew or use /retry.
+        new = filters.UpdateType.MESSAGE
+        app.add_handler(CommandHandler(["start", "help"], self._on_help, filters=new))
+        app.add_handler(CommandHandler("ask", self._on_ask, filters=new))
+        app.add_handler(CommandHandler("reset", self._on_reset, filters=new))
+        app.add_handler(CommandHandler("cancel", self._on_cancel, filters=new))
+        app.add_handler(CommandHandler("retry", self._on_retry, filters=new))
+        app.add_handler(MessageHandler(new & filters.TEXT & ~filters.COMMAND, self._on_text))
         app.add_error_handler(self._on_error)
         return app
 
@@ -299,9 +302,11 @@ class TelegramBot:
             await update.effective_message.reply_text(HELP, do_quote=False)
 
     async def _on_ask(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        question = " ".join(context.args or [])
-        if not question.strip() and update.effective_message:
-            await update.effective_message.reply_text("Usage: /ask your question")
+        message = update.effective_message
+        question = _after_command(message) if message else ""
+        if not question:
+            if message is not None and self._allowed(update):  # nothing to say to others
+                await message.reply_text("Usage: /ask your question")
             return
         await self._answer(update, context, question)
 
@@ -402,7 +407,18 @@ class TelegramBot:
         )
         if not (mentioned or replied):
             return None
-        return " ".join(text.split())
+        return text.strip()  # line breaks and indentation are part of the question (code)
+
+
+def _after_command(message: Message) -> str:
+    """The text after ``/ask`` or ``/ask@bot``, line breaks kept (``context.args`` is the
+    text split on whitespace, which would flatten a question with code in it)."""
+    text = message.text or ""
+    for entity, command in message.parse_entities([MessageEntity.BOT_COMMAND]).items():
+        if entity.offset == 0:
+            # The command is ASCII, so its length in UTF-16 units is its length in ``str``.
+            return text[len(command):].strip()
+    return text.strip()
 
 
 async def run_telegram(service: ConversationService, env: Env, stop: asyncio.Event) -> None:

@@ -498,3 +498,14 @@ def test_only_channel_writes_count_against_the_bot_wide_limit() -> None:
     assert not asked.bot_wide() and mention.bot_wide()
     clock.jump(discord_bot.TOKEN_LIFETIME)
     assert asked.bot_wide()
+
+
+async def test_a_multi_line_mention_keeps_its_lines(make_rig) -> None:
+    rig: Rig = await make_rig()
+    question = "why does this fail?\n```py\ndef f():\n    return 1\n```"
+    await rig.fake.dispatch_mention(question, channel="rtx-help")
+    await rig.wait(lambda: "why does this fail?" in rig.text_in("rtx-help"))
+    await rig.settled()
+    alice = rig.fake.users["alice"]["id"]
+    (turn,) = await rig.store.turns_for_key(f"discord:guild-{rig.fake.guild_id}:{alice}")
+    assert turn.question == question

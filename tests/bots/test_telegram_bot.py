@@ -222,3 +222,38 @@ async def test_queue_position_is_shown_while_another_answer_runs(make_rig) -> No
         lambda: any("#1 in line" in str(c.params.get("text")) for c in rig.fake.calls),
         timeout=20)
     await final_text(rig.fake, group["id"], "You asked: my turn")
+
+
+async def test_multi_line_questions_keep_their_lines_and_an_edit_is_not_asked_again(
+        make_rig) -> None:
+    rig: Rig = await make_rig()
+    group = rig.fake.make_group()
+    ada = rig.fake.make_user("Ada")
+    by_command = "why does this fail?\ndef f():\n    return 1"
+    rig.fake.inject_group_text(group, ada, by_command, command="ask")
+    await final_text(rig.fake, group["id"], expected(by_command)[-30:])
+    by_mention = "and this one?\n  x = [1,\n       2]"
+    asked = rig.fake.inject_group_text(group, ada, by_mention, mention_bot=True)
+    await final_text(rig.fake, group["id"], "and this one?")
+    await rig.fake.wait_until(lambda: not rig.bot.answers_in_flight, timeout=20)
+    # Editing a question does not ask it again; a new question after the edit is answered.
+    rig.fake.inject_update({"edited_message": {**asked, "text": asked["text"] + " (edited)",
+                                               "edit_date": asked["date"] + 5}})
+    rig.fake.inject_group_text(group, ada, "next", mention_bot=True)
+    await final_text(rig.fake, group["id"], expected("next")[-30:])
+    await rig.fake.wait_until(lambda: not rig.bot.answers_in_flight, timeout=20)
+    turns = await rig.store.turns_for_key(f"telegram:{group['id']}:{ada['id']}")
+    assert [t.question for t in turns] == [by_command, by_mention, "next"]
+    assert "Still answering" not in rig.fake.chat_text(group["id"])
+
+
+async def test_a_bare_ask_from_someone_not_allowed_gets_no_reply(make_rig) -> None:
+    rig: Rig = await make_rig(allowed_users=frozenset({42}))
+    group = rig.fake.make_group()
+    eve = rig.fake.make_user("Eve")
+    rig.fake.inject_group_text(group, eve, "", command="ask")
+    # Then Eve writes privately: her refusal there comes after the group /ask was handled
+    # (updates are dispatched in order, and a "Usage" reply would be sent at once).
+    rig.fake.inject_private_text(eve, "let me in")
+    await final_text(rig.fake, eve["id"], "private")
+    assert rig.fake.bot_messages(group["id"]) == []
