@@ -56,6 +56,7 @@ from rtxrelay.core.streaming import (
     RetryLater,
 )
 
+from .telegram_polling import PollRequest, PollWatch
 from .telegram_render import to_plain_text, to_telegram_html
 
 log = logging.getLogger(__name__)
@@ -235,9 +236,11 @@ class TelegramBot:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        poll_watch: PollWatch | None = None,
     ) -> None:
         self._service = service
         self._settings = settings
+        self._poll_watch = poll_watch or PollWatch()
         self._replies = Replies(service, bot_wide_writes=BOT_WIDE_WRITES, clock=clock,
                                 sleep=sleep)
         self._drafts_refused = False  # the Bot API server has no drafts: edit from the start
@@ -252,7 +255,7 @@ class TelegramBot:
         # default timeouts (get_updates adds the poll's own timeout to the read timeout).
         builder = (ApplicationBuilder().token(self._settings.token).concurrent_updates(True)
                    .request(BoundedRequest(proxy=proxy))
-                   .get_updates_request(HTTPXRequest(connection_pool_size=1, proxy=proxy)))
+                   .get_updates_request(PollRequest(self._poll_watch, proxy=proxy)))
         if self._settings.api_base_url:
             base = self._settings.api_base_url.rstrip("/")
             builder = builder.base_url(base).base_file_url(base.replace("/bot", "/file/bot", 1))
@@ -278,11 +281,18 @@ class TelegramBot:
             await app.bot.set_my_commands(COMMANDS)
             await app.start()
             assert app.updater is not None
-            await app.updater.start_polling(drop_pending_updates=False)
+            await app.updater.start_polling(drop_pending_updates=False,
+                                            error_callback=self._poll_watch.failed)
             log.info("Telegram bot @%s is running", app.bot.username)
+            conflict = asyncio.ensure_future(self._poll_watch.conflict.wait())
+            stopped = asyncio.ensure_future(stop.wait())
             try:
-                await stop.wait()
+                await asyncio.wait({conflict, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                if conflict.done() and not stopped.done():
+                    raise _conflict_error(self._poll_watch.webhook)
             finally:
+                conflict.cancel()
+                stopped.cancel()
                 await app.updater.stop()
                 await self.finish_replies()
                 await app.stop()
@@ -408,6 +418,17 @@ class TelegramBot:
         if not (mentioned or replied):
             return None
         return text.strip()  # line breaks and indentation are part of the question (code)
+
+
+def _conflict_error(webhook: bool) -> ConfigError:
+    if webhook:
+        return ConfigError("A webhook is set for TELEGRAM_TOKEN, so the bot cannot poll.",
+                           hint="Remove it (https://api.telegram.org/bot<token>/deleteWebhook), "
+                           "or stop the program that set it.")
+    return ConfigError("Another program is already polling Telegram with TELEGRAM_TOKEN "
+                       "(another `rtxrelay run`?).",
+                       hint="Stop it first: Telegram lets one program at a time poll a bot "
+                       "token.")
 
 
 def _after_command(message: Message) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,9 @@ from rtxrelay.backends.chatrtx.answer_html import convert_answer
 from rtxrelay.backends.chatrtx.backend import ChatRtxBackend
 from rtxrelay.backends.chatrtx.launch_url import parse_launch_url
 from rtxrelay.bots.telegram_bot import TelegramBot, TelegramSettings
+from rtxrelay.bots.telegram_polling import PollWatch
 from rtxrelay.core.conversation import ConversationService
+from rtxrelay.core.errors import ConfigError
 from rtxrelay.core.store import TurnStatus
 from rtxrelay.storage.sqlite_store import SqliteStore
 from tests.fakes.telegram_api import FakeTelegram
@@ -29,6 +32,16 @@ class Rig:
     bot: TelegramBot
     store: SqliteStore
     clock: VirtualClock
+    task: asyncio.Task[None]
+
+    async def settled(self, timeout: float = 20) -> None:
+        """Every answer finished. Polls the bot itself: the fake's own waits only look again
+        when the fake changes, which an idle bot's long poll does every 10 s."""
+        async with asyncio.timeout(timeout):
+            while self.bot.answers_in_flight:
+                if self.task.done():
+                    self.task.result()  # the bot died: show why
+                await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -37,7 +50,7 @@ async def make_rig(rtx_426: Replica, tmp_path: Path) -> AsyncIterator[object]:
     http = aiohttp.ClientSession()
 
     async def make(*, url: str | None = None, per_chat_rate: tuple[int, float] | None = None,
-                   **settings: object) -> Rig:
+                   poll_watch: PollWatch | None = None, **settings: object) -> Rig:
         clock = VirtualClock(1_000.0)
         fake = FakeTelegram(per_chat_rate=per_chat_rate, clock=clock)
         await fake.__aenter__()
@@ -46,12 +59,12 @@ async def make_rig(rtx_426: Replica, tmp_path: Path) -> AsyncIterator[object]:
         backend = ChatRtxBackend(http, parse_launch_url(url or rtx_426.url))
         service = ConversationService(backend, store)
         config = TelegramSettings(token=fake.token, api_base_url=fake.base_url, **settings)
-        bot = TelegramBot(service, config, clock=clock, sleep=clock.sleep)
+        bot = TelegramBot(service, config, clock=clock, sleep=clock.sleep, poll_watch=poll_watch)
         stop = asyncio.Event()
         task = asyncio.create_task(bot.run(stop))
         await fake.wait_until(lambda: fake.parked_polls >= 1, timeout=10)
         stack.append((stop, task, fake, store))
-        return Rig(fake, bot, store, clock)
+        return Rig(fake, bot, store, clock, task)
 
     yield make
     for stop, task, fake, store in reversed(stack):
@@ -128,9 +141,9 @@ async def test_long_answer_is_paged_with_fences_intact(make_rig) -> None:
     question = "long [len=10000] [code]"
     rig.fake.inject_private_text(user, question)
     want = expected(question)
-    await rig.fake.wait_until(
-        lambda: want.split()[-1] in rig.fake.chat_text(user["id"])
-        and not rig.bot.answers_in_flight, timeout=30)
+    await rig.fake.wait_until(lambda: want.split()[-1] in rig.fake.chat_text(user["id"]),
+                              timeout=30)
+    await rig.settled(timeout=30)
     pages = rig.fake.bot_messages(user["id"])
     assert len(pages) >= 3
     for page in pages:
@@ -173,7 +186,7 @@ async def test_busy_cancel_reset_and_retry(make_rig) -> None:
     await final_text(rig.fake, chat, expected("after reset [recall]")[-20:])
     # The tail can show in an interim frame already; /retry asked before the answer has
     # landed would (rightly) get "still answering".
-    await rig.fake.wait_until(lambda: not rig.bot.answers_in_flight, timeout=20)
+    await rig.settled()
     rig.fake.inject_private_text(user, "/retry")
     await rig.fake.wait_until(lambda: rig.fake.chat_text(chat).count("after reset") >= 2,
                               timeout=20)
@@ -207,7 +220,7 @@ async def test_refused_drafts_fall_back_to_editing_a_message(make_rig) -> None:
     refused = len(rig.fake.calls_to("sendMessageDraft"))
     rig.fake.inject_private_text(user, "again [len=800]")
     await final_text(rig.fake, user["id"], "again")
-    await rig.fake.wait_until(lambda: not rig.bot.answers_in_flight, timeout=20)
+    await rig.settled()
     assert len(rig.fake.calls_to("sendMessageDraft")) == refused, "no drafts tried again"
 
 
@@ -232,16 +245,17 @@ async def test_multi_line_questions_keep_their_lines_and_an_edit_is_not_asked_ag
     by_command = "why does this fail?\ndef f():\n    return 1"
     rig.fake.inject_group_text(group, ada, by_command, command="ask")
     await final_text(rig.fake, group["id"], expected(by_command)[-30:])
+    await rig.settled()  # the same conversation: the next question waits for this one's end
     by_mention = "and this one?\n  x = [1,\n       2]"
     asked = rig.fake.inject_group_text(group, ada, by_mention, mention_bot=True)
     await final_text(rig.fake, group["id"], "and this one?")
-    await rig.fake.wait_until(lambda: not rig.bot.answers_in_flight, timeout=20)
+    await rig.settled()
     # Editing a question does not ask it again; a new question after the edit is answered.
     rig.fake.inject_update({"edited_message": {**asked, "text": asked["text"] + " (edited)",
                                                "edit_date": asked["date"] + 5}})
     rig.fake.inject_group_text(group, ada, "next", mention_bot=True)
     await final_text(rig.fake, group["id"], expected("next")[-30:])
-    await rig.fake.wait_until(lambda: not rig.bot.answers_in_flight, timeout=20)
+    await rig.settled()
     turns = await rig.store.turns_for_key(f"telegram:{group['id']}:{ada['id']}")
     assert [t.question for t in turns] == [by_command, by_mention, "next"]
     assert "Still answering" not in rig.fake.chat_text(group["id"])
@@ -257,3 +271,39 @@ async def test_a_bare_ask_from_someone_not_allowed_gets_no_reply(make_rig) -> No
     rig.fake.inject_private_text(eve, "let me in")
     await final_text(rig.fake, eve["id"], "private")
     assert rig.fake.bot_messages(group["id"]) == []
+
+
+async def test_a_dropped_connection_is_logged_once_and_its_end_once(
+        make_rig, caplog: pytest.LogCaptureFixture) -> None:
+    rig: Rig = await make_rig()
+    user = rig.fake.make_user("Alice")
+    rig.fake.fail_always("getUpdates", 502, "Bad Gateway")
+    rig.fake.inject_private_text(user, "/help")  # ends the long poll now; the next one fails
+    await rig.fake.wait_until(
+        lambda: sum(c.status == 502 for c in rig.fake.calls_to("getUpdates")) >= 3, timeout=30)
+    rig.fake.clear_faults("getUpdates")
+    await rig.fake.wait_until(lambda: "Telegram answers again" in caplog.text, timeout=30)
+    lines = [r for r in caplog.records if r.name.startswith(("rtxrelay", "telegram"))
+             and r.levelno >= logging.WARNING]
+    assert [r.getMessage().split(" (")[0] for r in lines] == [
+        "Cannot reach Telegram", "Telegram answers again"], caplog.text
+    assert "Traceback" not in caplog.text
+    rig.fake.inject_private_text(user, "still there?")  # and it answers as before
+    await final_text(rig.fake, user["id"], expected("still there?")[-30:])
+
+
+async def test_a_second_bot_on_the_same_token_steps_back_and_the_first_goes_on(
+        make_rig, rtx_426: Replica, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rig: Rig = await make_rig(poll_watch=PollWatch(start_grace=0))  # long running
+    async with aiohttp.ClientSession() as http, SqliteStore(tmp_path / "second.db") as store:
+        service = ConversationService(ChatRtxBackend(http, parse_launch_url(rtx_426.url)), store)
+        second = TelegramBot(service, TelegramSettings(token=rig.fake.token,
+                                                       api_base_url=rig.fake.base_url))
+        with pytest.raises(ConfigError) as refused:
+            async with asyncio.timeout(30):
+                await second.run(asyncio.Event())
+    assert "Another program is already polling" in refused.value.message
+    assert caplog.text.count("Another program is polling Telegram") == 1  # the first said so
+    user = rig.fake.make_user("Alice")
+    rig.fake.inject_private_text(user, "are you still mine?")
+    await final_text(rig.fake, user["id"], expected("are you still mine?")[-30:])
