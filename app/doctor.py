@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TextIO
 
 from rtxrelay.bots import PLATFORMS, configured_platforms
@@ -18,42 +19,23 @@ async def run_doctor(settings: Settings, out: TextIO) -> int:
     def ok(what: str) -> None:
         print(f"OK    {what}", file=out)
 
-    def bad(what: str, exc: RelayError | str) -> None:
+    def bad(what: str, exc: RelayError) -> None:
         nonlocal problems
         problems += 1
-        if isinstance(exc, RelayError):
-            print(f"FIX   {what}: {exc.message}", file=out)
-            if exc.hint:
-                print(f"      → {exc.hint}", file=out)
-        else:
-            print(f"FIX   {what}: {exc}", file=out)
+        print(f"FIX   {what}: {exc.message}", file=out)
+        if exc.hint:
+            print(f"      → {exc.hint}", file=out)
 
     def info(what: str) -> None:
         print(f"--    {what}", file=out)
 
     ok(f"settings from {settings.env_file or 'the environment only (no .env file)'}")
-    try:
-        launch = settings.backend.launch_url()
-        settings.backend.ssl_context(launch)  # reports a bad RTX_CA_FILE / insecure setting
-    except RelayError as exc:
-        bad(getattr(exc, "setting", None) or "RTX_URL", exc)
+    if settings.backend.launch_command is not None:
+        # Starting Chat with RTX takes minutes and a GPU: doctor does not; ask does.
+        info("RTX_LAUNCH is set: rtxrelay starts Chat with RTX itself and reads its URL "
+             "(RTX_URL is not used); `rtxrelay ask hello` checks it end to end")
     else:
-        ok(f"RTX_URL is {launch.redacted}")
-        if not launch.cookie:
-            info("RTX_URL has no ?cookie=…; Chat with RTX 0.2/0.3 will reject the session")
-        async with backend_session() as http:
-            backend = make_backend(http, settings)
-            try:
-                found = await backend.probe()
-            except RelayError as exc:
-                bad("Chat with RTX", exc)
-            else:
-                ok(
-                    f"Chat with RTX reachable (gradio {found.gradio_version}, protocol "
-                    f"{found.protocol})"
-                )
-                ok(f"chat function found: {found.chat_function}")
-                ok("session cookie accepted")
+        await _check_rtx_url(settings, ok, bad, info)
     try:
         async with SqliteStore(settings.database) as store:
             await store.check_writable()
@@ -69,3 +51,27 @@ async def run_doctor(settings: Settings, out: TextIO) -> int:
         info(f"no bot token set ({tokens}): `rtxrelay run` has nothing to start")
     print(f"\n{'All good.' if not problems else f'{problems} problem(s) to fix.'}", file=out)
     return 0 if not problems else 1
+
+
+async def _check_rtx_url(settings: Settings, ok: Callable[[str], None],
+                         bad: Callable[[str, RelayError], None],
+                         info: Callable[[str], None]) -> None:
+    try:
+        launch = settings.backend.launch_url()
+        settings.backend.ssl_context(launch)  # reports a bad RTX_CA_FILE / insecure setting
+    except RelayError as exc:
+        bad(getattr(exc, "setting", None) or "RTX_URL", exc)
+        return
+    ok(f"RTX_URL is {launch.redacted}")
+    if not launch.cookie:
+        info("RTX_URL has no ?cookie=…; Chat with RTX 0.2/0.3 will reject the session")
+    async with backend_session() as http:
+        backend = make_backend(http, settings)
+        try:
+            found = await backend.probe()
+        except RelayError as exc:
+            bad("Chat with RTX", exc)
+            return
+    ok(f"Chat with RTX reachable (gradio {found.gradio_version}, protocol {found.protocol})")
+    ok(f"chat function found: {found.chat_function}")
+    ok("session cookie accepted")

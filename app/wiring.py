@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -12,6 +13,7 @@ import aiohttp
 
 from rtxrelay.backends.chatrtx.backend import ChatRtxBackend
 from rtxrelay.backends.chatrtx.settings import ChatRtxTarget
+from rtxrelay.backends.chatrtx.supervisor import SupervisedChatRtx
 from rtxrelay.core.conversation import ConversationService
 from rtxrelay.storage.sqlite_store import SqliteStore
 
@@ -27,6 +29,7 @@ class Relay:
     backend: ChatRtxBackend
     store: SqliteStore
     service: ConversationService
+    child: SupervisedChatRtx | None = None  # Chat with RTX, when rtxrelay started it
 
 
 def backend_session() -> aiohttp.ClientSession:
@@ -58,18 +61,34 @@ def _reread_rtx_url(env_file: Path | None) -> Callable[[], ChatRtxTarget] | None
 
 @asynccontextmanager
 async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
-    target = settings.backend.target()  # fails fast on bad settings
-    log.info("settings from %s; database %s; Chat with RTX at %s",
-             settings.env_file or "the environment only", settings.database,
-             target.launch.redacted)
-    async with backend_session() as http, SqliteStore(settings.database,
-                                                       owner=processes.current()) as store:
+    """The store first (a broken database fails before Chat with RTX is started), then
+    Chat with RTX's address: RTX_URL, or what the child RTX_LAUNCH starts prints."""
+    chatrtx = settings.backend
+    if chatrtx.launch_command is None:
+        chatrtx.target()  # fails fast on bad settings
+    log.info("settings from %s; database %s", settings.env_file or "the environment only",
+             settings.database)
+    async with contextlib.AsyncExitStack() as stack:
+        store = await stack.enter_async_context(
+            SqliteStore(settings.database, owner=processes.current()))
         recovered = await store.recover_pending(processes.is_alive)
         if recovered:
             log.info("marked %d unfinished answer(s) from a previous run as interrupted", recovered)
-        backend = make_backend(http, settings)
+        http = await stack.enter_async_context(backend_session())
+        child: SupervisedChatRtx | None = None
+        if chatrtx.launch_command is not None:
+            log.info("starting Chat with RTX (RTX_LAUNCH); it can take minutes to load")
+            child = await stack.enter_async_context(SupervisedChatRtx(
+                chatrtx.launch_command, chatrtx, cwd=chatrtx.launch_dir))
+            target = child.target()
+            assert target is not None, "entered once Chat with RTX printed its URL"
+            backend = ChatRtxBackend(http, target.launch, ssl_context=target.ssl_context,
+                                     timeouts=chatrtx.timeouts, chat_fn=chatrtx.chat_fn,
+                                     reload=child.target)
+        else:
+            backend = make_backend(http, settings)
         service = ConversationService(backend, store, settings.limits)
         try:
-            yield Relay(settings, backend, store, service)
+            yield Relay(settings, backend, store, service, child)
         finally:
             await service.close()

@@ -29,6 +29,8 @@ class ChatRtxSettings:
     chat_fn: str | None
     timeouts: Timeouts
     allow_remote_http: bool = False  # RTX_ALLOW_REMOTE_HTTP: the cookie may cross a network
+    launch_command: str | None = None  # RTX_LAUNCH: rtxrelay starts Chat with RTX itself
+    launch_dir: Path | None = None  # RTX_LAUNCH_DIR: the folder it starts in
 
     @classmethod
     def from_env(cls, env: Env) -> ChatRtxSettings:
@@ -44,6 +46,8 @@ class ChatRtxSettings:
                 total=env.seconds("RTX_TOTAL_TIMEOUT", 900.0),
             ),
             allow_remote_http=env.bool("RTX_ALLOW_REMOTE_HTTP", False),
+            launch_command=env.str("RTX_LAUNCH"),
+            launch_dir=Path(folder) if (folder := env.str("RTX_LAUNCH_DIR")) else None,
         )
 
     def launch_url(self) -> LaunchUrl:
