@@ -149,6 +149,7 @@ async def test_chat_answers_the_line_after_a_failed_answer(rtx_426: Replica,
 
 async def test_invalid_text_is_replaced_stored_and_answered(rtx_426: Replica,
                                                             tmp_path: Path) -> None:
+    import contextlib
     import sqlite3
 
     env = {"RTX_URL": rtx_426.url, "RTXRELAY_DB": str(tmp_path / "r.db"),
@@ -162,7 +163,7 @@ async def test_invalid_text_is_replaced_stored_and_answered(rtx_426: Replica,
     assert proc.returncode == 0, err.decode()
     code, _, err_text = await run_cli("ask", "half \udc80 a pair", env=env, cwd=tmp_path)
     assert code == 0, err_text
-    with sqlite3.connect(tmp_path / "r.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "r.db")) as db:
         turns = dict(db.execute("SELECT question, status FROM turns").fetchall())
     assert turns == {"caf\ufffd au lait": "complete", "half \ufffd a pair": "complete"}
     assert "caf\ufffd au lait" in out.decode()

@@ -4,6 +4,7 @@ a working folder that is not the project's, --env-file anywhere, --version."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -121,7 +122,7 @@ async def test_ctrl_c_stops_the_answer_then_leaves_at_the_prompt(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    with sqlite3.connect(tmp_path / "r.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "r.db")) as db:
         statuses = [row[0] for row in db.execute("SELECT status FROM turns ORDER BY id")]
     assert statuses[0] == "interrupted"
 

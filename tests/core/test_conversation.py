@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -276,7 +277,7 @@ async def test_schema_is_versioned_and_uses_wal(tmp_path: Path) -> None:
     path = tmp_path / "relay.db"
     async with SqliteStore(path):
         pass
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] >= 1
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         db.execute("PRAGMA user_version = 99")

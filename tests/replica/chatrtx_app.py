@@ -1,6 +1,6 @@
 """A replica of NVIDIA Chat with RTX / ChatRTX 0.3's Gradio UI, backed by fake_model.
 
-Runs inside a replica venv (tests/replica/.venvs/<variant>/), never in the project venv:
+Runs inside a replica venv (tests/replica/.venvs/<variant>-py3.X/), never in the project venv:
 it imports gradio. What matters to a client is kept like the real ui/user_interface.py:
 
 - the event graph: every chain starts with ``_validate_session`` (returns visibility

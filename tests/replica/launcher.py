@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import random
 import re
@@ -20,6 +21,7 @@ import shutil
 import socket
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -72,6 +74,7 @@ class Replica:
         startup_timeout: float = 90.0,
         concurrency: int | None = None,
         echo: bool = False,
+        build_progress: Callable[[str], None] | None = None,
     ) -> None:
         self.variant: Variant = get_variant(variant)
         self.https = https
@@ -79,6 +82,7 @@ class Replica:
         self.startup_timeout = startup_timeout
         self.concurrency = concurrency
         self.echo = echo  # copy the replica's output to our stdout (serve.py)
+        self.build_progress = build_progress  # told each step of a venv build (serve.py)
         self._fixed_port = port
         self._fixed_cookie = cookie
         self._proc: asyncio.subprocess.Process | None = None
@@ -116,9 +120,8 @@ class Replica:
     async def start(self) -> Replica:
         if self.running:
             raise RuntimeError("replica already running")
-        python = await asyncio.wait_for(
-            asyncio.to_thread(ensure_env, self.variant), ENV_BUILD_TIMEOUT
-        )
+        build = functools.partial(ensure_env, self.variant, progress=self.build_progress)
+        python = await asyncio.wait_for(asyncio.to_thread(build), ENV_BUILD_TIMEOUT)
         args = [str(python), str(APP_PATH), "--host", "127.0.0.1",
                 "--token-delay", repr(self.token_delay)]
         if self._fixed_port is not None:

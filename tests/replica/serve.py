@@ -18,9 +18,11 @@ import sys
 from pathlib import Path
 
 if __package__:
+    from .envs import print_progress
     from .launcher import Replica
     from .variants import DEFAULT_VARIANT, VARIANTS
 else:  # the usual way: run as a script, tests/replica is sys.path[0]
+    from envs import print_progress
     from launcher import Replica
     from variants import DEFAULT_VARIANT, VARIANTS
 
@@ -55,6 +57,7 @@ async def run(args: argparse.Namespace) -> int:
         cookie=args.cookie,
         startup_timeout=args.startup_timeout,
         echo=not args.chat,  # in chat mode the terminal belongs to the chat
+        build_progress=print_progress,  # a first run builds Gradio's venv: say what happens
     )
     print(f"Starting the Chat with RTX replica (gradio {replica.variant.gradio})...", flush=True)
     async with replica:
