@@ -85,25 +85,49 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--env-file", metavar="FILE", default=argparse.SUPPRESS, help=env_help)
     sub = parser.add_subparsers(dest="command")
-    ask = sub.add_parser("ask", parents=[common],
-                         help="ask one question and stream the answer")
+
+    def command(name: str, summary: str, epilog: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=summary, description=summary,
+                              epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    ask = command("ask", "ask one question and stream the answer", _epilog(
+        "RTX_URL (or RTX_LAUNCH)", "the answer on stdout as it grows; its place in line and "
+        "errors on stderr", "0 answered, 1 not answered (Chat with RTX down, stopped, …)"))
     ask.add_argument("question", nargs="+")
     ask.set_defaults(handler=_cmd_ask)
-    chat = sub.add_parser("chat", parents=[common],
-                          help="chat with history (reads stdin when it is not a terminal)")
+    chat = command("chat", "chat with history (reads stdin when it is not a terminal)", _epilog(
+        "RTX_URL (or RTX_LAUNCH)", "each answer on stdout; prompts and errors on stderr. "
+        "Ctrl+C stops an answer; at the prompt, /quit, Ctrl+C or end of input leaves",
+        "0 every answer came, 1 one did not, 130 left with Ctrl+C"))
     chat.add_argument("--new", action="store_true", help="start a fresh conversation")
     chat.set_defaults(handler=_cmd_chat)
-    doctor = sub.add_parser("doctor", parents=[common],
-                            help="check settings, Chat with RTX and the database")
+    doctor = command("doctor", "check settings, Chat with RTX and the database", _epilog(
+        "none (it checks them)", "one line per check: OK, FIX (with what to do) or --",
+        "0 all good, 1 something to fix"))
     doctor.set_defaults(handler=_cmd_doctor)
-    discover = sub.add_parser("discover", parents=[common],
-                              help="find a running Chat with RTX on this PC")
+    discover = command("discover", "find a running Chat with RTX on this PC", _epilog(
+        "none", "each Gradio app found, the most likely Chat with RTX and why, and the RTX_URL "
+        "to set", "0 found one, 1 none"))
     discover.add_argument("--ports", help="ports to probe, e.g. 7860,8000-8100")
     discover.set_defaults(handler=_cmd_discover)
-    run = sub.add_parser("run", parents=[common],
-                         help="start the configured Telegram and Discord bots")
+    run = command("run", "start the configured Telegram and Discord bots", _epilog(
+        "RTX_URL (or RTX_LAUNCH) and TELEGRAM_TOKEN and/or DISCORD_TOKEN",
+        "its log on stderr (and LOG_FILE); Ctrl+C, SIGTERM or Ctrl+Break stop it cleanly",
+        "0 stopped on request, 1 a bot could not run (the log says which setting to fix), "
+        "2 settings to fix, 130 Ctrl+C"))
     run.set_defaults(handler=_cmd_run)
+    service = command("service", "start `rtxrelay run` with the computer (Windows: a Task "
+                      "Scheduler task at logon; Linux: a systemd user unit; macOS: a launchd "
+                      "agent), restarted if it fails", _epilog(
+                          "a .env file with your settings (its path goes into the task)",
+                          "what the system's tool says", "0 done, 2 it failed (why is shown)"))
+    service.add_argument("action", choices=["install", "uninstall", "status"])
+    service.set_defaults(handler=_cmd_service)
     return parser
+
+
+def _epilog(needs: str, prints: str, exits: str) -> str:
+    return f"needs:      {needs}\nprints:     {prints}\nexit codes: {exits}"
 
 
 # -- ask / chat -----------------------------------------------------------------------------------
@@ -217,6 +241,23 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             return await run_bots(settings, stop)
 
     return asyncio.run(until_stopped())
+
+
+def _cmd_service(settings: Settings, args: argparse.Namespace) -> int:
+    from . import service
+
+    action = service.Action(args.action)
+    if action is service.Action.INSTALL and settings.env_file is None:
+        raise ConfigError("rtxrelay service install needs a settings file.",
+                          hint="Write your settings into .env (see .env.example) and run it "
+                          "again, or name one with --env-file.")
+    steps = service.plan(action, env_file=settings.env_file or Path(".env"))
+    for output in service.apply(steps):
+        if output:
+            print(output)
+    if steps.done:
+        print(steps.done)
+    return EXIT_OK
 
 
 # -- helpers --------------------------------------------------------------------------------------

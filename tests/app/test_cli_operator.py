@@ -198,3 +198,15 @@ async def test_log_file_beside_the_env_file_without_secrets(rtx_426: Replica,
     log = (tmp_path / "logs" / "rtxrelay.log").read_text(encoding="utf-8")
     assert "INFO rtxrelay.app.wiring: settings from" in log
     assert rtx_426.cookie is not None and rtx_426.cookie not in log
+
+
+@pytest.mark.parametrize("command", ["ask", "chat", "doctor", "discover", "run", "service"])
+def test_every_command_says_what_it_needs_prints_and_returns(
+        command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from rtxrelay.app import cli
+
+    with pytest.raises(SystemExit) as done:
+        cli.main([command, "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "needs:" in out and "prints:" in out and "exit codes:" in out and "0 " in out
