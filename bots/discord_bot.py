@@ -37,7 +37,7 @@ from rtxrelay.core.errors import ConfigError, PlatformUnreachable
 from rtxrelay.core.paging import LengthUnit, close_open_fence
 from rtxrelay.core.ratelimit import Rate
 from rtxrelay.core.replies import Replies
-from rtxrelay.core.store import ConversationKey
+from rtxrelay.core.store import ConversationKey, MessageRef
 from rtxrelay.core.streaming import (
     DeliveryError,
     MessageSink,
@@ -245,6 +245,12 @@ class DiscordSink(MessageSink):
         if self._interaction is None:  # a deferred interaction already shows "is thinking…"
             await _guard(self._channel.typing())
 
+    def ref(self, handle: object) -> MessageRef | None:
+        channel_id = getattr(self._channel, "id", None)
+        if not isinstance(handle, _Posted) or channel_id is None:
+            return None
+        return MessageRef("discord", str(channel_id), str(handle.id))
+
     def bot_wide(self) -> bool:
         # Interaction webhooks (an /ask's response and follow-ups) are outside Discord's
         # bot-wide limit, so their final pages need not wait for the bot's budget (shutting
@@ -416,6 +422,7 @@ class DiscordBot:
 
     async def setup(self) -> None:
         self.client.add_dynamic_items(ControlButton)
+        await self._tell_stale()
         tree = self.client.tree
         try:
             if self._settings.command_guild is not None:
@@ -430,6 +437,18 @@ class DiscordBot:
                       "was invited without the applications.commands scope. Re-invite it, or "
                       "clear DISCORD_COMMAND_GUILD.", self._settings.command_guild)
         log.info("Discord bot is connecting")
+
+    async def _tell_stale(self) -> None:
+        """Answers a crash interrupted: their last message says so (see Replies). A bot may
+        edit its own messages through the channel, interaction responses included."""
+
+        async def edit(ref: MessageRef, text: str) -> None:
+            channel = self.client.get_partial_messageable(int(ref.chat))
+            sink = DiscordSink(channel, interaction=None, original_pending=False,
+                               reply_to=None, stop_view=None, clock=self._clock)
+            await sink.edit(_Posted(int(ref.message), PostedKind.CHANNEL), text, final=True)
+
+        await self._replies.tell_stale("discord", PROFILE, edit)
 
     def _register_commands(self, tree: app_commands.CommandTree[Any]) -> None:
         @tree.command(name="ask", description="Ask Chat with RTX a question")

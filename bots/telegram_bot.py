@@ -46,7 +46,7 @@ from rtxrelay.core.errors import ConfigError, PlatformUnreachable
 from rtxrelay.core.paging import LengthUnit
 from rtxrelay.core.ratelimit import Rate
 from rtxrelay.core.replies import Replies
-from rtxrelay.core.store import ConversationKey
+from rtxrelay.core.store import ConversationKey, MessageRef
 from rtxrelay.core.streaming import (
     DeliveryError,
     DraftsUnavailable,
@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 TEXTS = ReplyTexts(
     busy="⏳ Still answering your previous question — send /cancel to stop it.",
+    interrupted="⚠️ Interrupted: rtxrelay was restarted. Send /retry to ask again.",
 )
 # Bot API: 4096 characters after entity parsing; we budget UTF-16 units to be safe either way.
 PRIVATE = PlatformProfile("telegram-private", 4096, LengthUnit.UTF16, edit_interval=1.0,
@@ -156,6 +157,15 @@ class TelegramSink(MessageSink):
         self._reply_to = reply_to
         self._thread_id = thread_id
         self._draft_id = draft_id
+
+    @classmethod
+    def for_message(cls, bot: Bot, ref: MessageRef) -> tuple[TelegramSink, int]:
+        """A sink that can edit a message recorded earlier, and that message's handle."""
+        return cls(bot, int(ref.chat), reply_to=None, thread_id=None, draft_id=0), \
+            int(ref.message)
+
+    def ref(self, handle: object) -> MessageRef | None:
+        return MessageRef("telegram", str(self._chat_id), str(handle))
 
     async def send(self, text: str, *, final: bool) -> object:
         reply = ReplyParameters(self._reply_to, allow_sending_without_reply=True) \
@@ -280,6 +290,7 @@ class TelegramBot:
         async with app:
             await app.bot.set_my_commands(COMMANDS)
             await app.start()
+            await self._tell_stale(app.bot)
             assert app.updater is not None
             await app.updater.start_polling(drop_pending_updates=False,
                                             error_callback=self._poll_watch.failed)
@@ -296,6 +307,15 @@ class TelegramBot:
                 await app.updater.stop()
                 await self.finish_replies()
                 await app.stop()
+
+    async def _tell_stale(self, bot: Bot) -> None:
+        """Answers a crash interrupted: their last message says so (see Replies)."""
+
+        async def edit(ref: MessageRef, text: str) -> None:
+            sink, handle = TelegramSink.for_message(bot, ref)
+            await sink.edit(handle, text, final=True)
+
+        await self._replies.tell_stale("telegram", GROUP, edit)
 
     @property
     def answers_in_flight(self) -> int:

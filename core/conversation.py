@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
@@ -19,7 +20,14 @@ from .backend import Backend, BackendUpdate, Done, Exchange, Failed, Queued, Sta
 from .errors import BackendError, BackendErrorKind
 from .job_slots import JobSlots, LineClosed
 from .ratelimit import Rate
-from .store import ConversationKey, ConversationStore, Turn, TurnStatus
+from .store import (
+    ConversationKey,
+    ConversationStore,
+    MessageRef,
+    StaleAnswer,
+    Turn,
+    TurnStatus,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +50,14 @@ class ConversationLimits:
 
 
 @dataclass(frozen=True)
+class Accepted:
+    """The question is stored as turn ``turn_id`` (the platform messages showing its answer
+    are recorded against it, see ``record_message``)."""
+
+    turn_id: int
+
+
+@dataclass(frozen=True)
 class Finished:
     text: str
     status: TurnStatus  # COMPLETE, INTERRUPTED (stopped) or FAILED
@@ -59,7 +75,9 @@ class Rejected:
     reason: str  # short, user-facing
 
 
-ReplyUpdate = Queued | Started | TextSoFar | Finished | Busy | Rejected
+ReplyUpdate = Accepted | Queued | Started | TextSoFar | Finished | Busy | Rejected
+# How often the answer so far is saved while it streams: a crash loses at most this much.
+PARTIAL_SAVE_INTERVAL = 5.0
 
 
 class ConversationService:
@@ -165,6 +183,7 @@ class ConversationService:
         if stop.is_set():  # stopped before it began (a bot shutting down): don't start a job
             await self._store.finish_turn(turn_id, status=TurnStatus.INTERRUPTED, answer="",
                                           error="stopped")
+            yield Accepted(turn_id)
             yield Finished("", TurnStatus.INTERRUPTED, None, trimmed)
             return
 
@@ -173,13 +192,18 @@ class ConversationService:
             on_stuck=self._close_line, name=f"rtxrelay-answer-{key}")
         text = ""
         final: Finished | None = None
+        saved_at = time.monotonic() - PARTIAL_SAVE_INTERVAL  # the first text is saved at once
         try:
+            yield Accepted(turn_id)  # inside: a consumer leaving here still ends the turn
             while final is None:
                 item = await job.next()
                 if item is None:  # stop requested
                     final = Finished(text, TurnStatus.INTERRUPTED, None, trimmed)
                 elif isinstance(item, TextSoFar):
                     text = item.text
+                    if time.monotonic() - saved_at >= PARTIAL_SAVE_INTERVAL:
+                        saved_at = time.monotonic()
+                        await self._store.save_partial(turn_id, valid_text(text))
                     yield item
                 elif isinstance(item, Queued | Started):
                     yield item
@@ -217,6 +241,17 @@ class ConversationService:
                         error="stopped"
                     )
                 )
+
+    # -- the messages that show answers ----------------------------------------------------
+
+    async def record_message(self, turn_id: int, ref: MessageRef) -> None:
+        await self._store.add_message(turn_id, ref)
+
+    async def stale_answers(self, platform: str) -> list[StaleAnswer]:
+        return await self._store.stale_answers(platform)
+
+    async def mark_told(self, turn_id: int) -> None:
+        await self._store.mark_told(turn_id)
 
     async def _close_line(self, error: BackendError) -> None:
         """The backend stopped responding mid-answer. Everyone waiting behind it would wait

@@ -9,16 +9,18 @@ that shutting down stops every one of them. Adapters only build the sink and pic
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from .admission import Admission, Refusal
-from .conversation import ConversationService, ReplyUpdate
+from .conversation import Accepted, ConversationService, ReplyUpdate
 from .inflight import InFlight
+from .paging import split_pages
 from .ratelimit import Rate, SlidingWindowLimiter
-from .store import ConversationKey
-from .streaming import MessageSink, PlatformProfile, ReplyOutcome, StreamingReply
+from .store import ConversationKey, MessageRef
+from .streaming import BOT_WIDE, MessageSink, PlatformProfile, ReplyOutcome, StreamingReply
 
 log = logging.getLogger(__name__)
 
@@ -62,22 +64,77 @@ class Replies:
         errors the engine cannot absorb propagate to the adapter, which knows their types.
         ``then`` is the adapter's finishing touch once the final text is out (Discord's Retry
         button): it still counts as in flight, so ``in_flight`` and shutdown wait for it."""
+        messages = _MessageLog(self.service, sink)
         reply = StreamingReply(sink, profile, clock=self._clock, sleep=self._sleep,
                                placeholder_shown=placeholder_shown,
-                               shared_budget=self.bot_wide_budget)
+                               shared_budget=self.bot_wide_budget, on_sent=messages.sent)
         with self._inflight.track() as stop:
-            updates: AsyncIterator[ReplyUpdate] = (
-                self.service.retry(key, stop=stop) if question is None
-                else self.service.ask(key, question, stop=stop)
-            )
-            outcome = await reply.run(updates)
+            updates = (self.service.retry(key, stop=stop) if question is None
+                       else self.service.ask(key, question, stop=stop))
+            outcome = await reply.run(messages.follow(updates))
             if then is not None:
                 await then(outcome)
         log.info("%s reply %s: %d edits, %d sends, %d rate-limited", profile.name,
                  outcome.status.value, outcome.edits, outcome.sends, outcome.rate_limited)
         return outcome
 
+    async def tell_stale(self, platform: str, profile: PlatformProfile,
+                         edit: Callable[[MessageRef, str], Awaitable[None]]) -> int:
+        """After a crash, make each interrupted answer's last message say so: its text as
+        last saved plus ``texts.interrupted``, instead of a frozen cursor. Earlier pages were
+        final already. ``edit`` writes one message (final formatting); returns how many were
+        told. Edits keep to the bot-wide budget: a crash can leave many."""
+        told = 0
+        for stale in await self.service.stale_answers(platform):
+            limit = profile.max_length - profile.reserve
+            pages = split_pages(stale.partial_text, limit, profile.unit)
+            index = len(stale.messages) - 1
+            shown = pages[index] if index < len(pages) else ""
+            while (wait := self.bot_wide_budget.check(BOT_WIDE)) > 0:
+                await self._sleep(wait)
+            try:
+                await edit(stale.messages[-1], f"{shown}\n\n{profile.texts.interrupted}".strip())
+                told += 1
+            except Exception as exc:  # deleted, too old, no access: nothing more to do
+                log.info("an interrupted answer's message could not be updated: %s",
+                         type(exc).__name__)
+            await self.service.mark_told(stale.turn_id)
+        if told:
+            log.info("%s: told %d interrupted answer(s) that rtxrelay restarted", platform, told)
+        return told
+
     async def stop_all(self, timeout: float = 30.0) -> None:
         """Stop every answer (started or not) and wait, bounded, until each has landed its
         text as 'Stopped'."""
         await self._inflight.stop_all(timeout)
+
+
+class _MessageLog:
+    """Records the messages showing one answer against its turn. The placeholder is sent
+    before the question is stored, so messages seen before ``Accepted`` wait for it."""
+
+    def __init__(self, service: ConversationService, sink: MessageSink) -> None:
+        self._service = service
+        self._sink = sink
+        self._turn: int | None = None
+        self._early: list[MessageRef] = []
+
+    async def sent(self, handle: object) -> None:
+        ref = self._sink.ref(handle)
+        if ref is None:
+            return
+        if self._turn is None:
+            self._early.append(ref)
+        else:
+            await self._service.record_message(self._turn, ref)
+
+    async def follow(self, updates: AsyncGenerator[ReplyUpdate, None]
+                     ) -> AsyncGenerator[ReplyUpdate, None]:
+        async with contextlib.aclosing(updates):
+            async for update in updates:
+                if isinstance(update, Accepted):
+                    self._turn = update.turn_id
+                    for ref in self._early:
+                        await self._service.record_message(update.turn_id, ref)
+                    self._early.clear()
+                yield update

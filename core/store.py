@@ -29,6 +29,25 @@ class TurnStatus(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class MessageRef:
+    """A platform message that shows (part of) an answer; ids as the platform writes them."""
+
+    platform: str
+    chat: str
+    message: str
+
+
+@dataclass(frozen=True)
+class StaleAnswer:
+    """An answer whose process died mid-way (a crash, a power loss): its messages still show
+    the text of that moment, cursor and all, until they are told what happened."""
+
+    turn_id: int
+    partial_text: str  # the answer as last saved while it streamed
+    messages: tuple[MessageRef, ...]  # in the order they were sent: one per page
+
+
+@dataclass(frozen=True)
 class Conversation:
     id: int
     key: str
@@ -74,6 +93,24 @@ class ConversationStore(Protocol):
     ) -> None: ...
 
     async def set_status(self, turn_id: int, status: TurnStatus) -> None: ...
+
+    async def save_partial(self, turn_id: int, answer: str) -> None:
+        """Keep the answer so far of a pending turn (a crash then loses only the last
+        seconds)."""
+        ...
+
+    async def add_message(self, turn_id: int, ref: MessageRef) -> None:
+        """Remember a platform message that shows this turn's answer."""
+        ...
+
+    async def stale_answers(self, platform: str) -> list[StaleAnswer]:
+        """Answers that ``recover_pending`` found interrupted and whose messages on
+        ``platform`` were not yet told so."""
+        ...
+
+    async def mark_told(self, turn_id: int) -> None:
+        """Its messages now say what happened: ``stale_answers`` no longer lists it."""
+        ...
 
     async def recover_pending(self, is_alive: Callable[[str], bool]) -> int:
         """Mark as interrupted the turns left pending by processes that are gone (a crash, a

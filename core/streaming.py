@@ -27,10 +27,10 @@ from .backend import Queued, Started, TextSoFar
 from .conversation import Busy, Finished, Rejected, ReplyUpdate
 from .paging import LengthUnit, Pager, split_pages
 from .ratelimit import SlidingWindowLimiter
-from .store import TurnStatus
+from .store import MessageRef, TurnStatus
 
 log = logging.getLogger(__name__)
-_BOT_WIDE = "bot"  # the one key of a shared budget
+BOT_WIDE = "bot"  # the one key of a bot-wide budget (SlidingWindowLimiter)
 
 
 class RetryLater(Exception):
@@ -82,6 +82,11 @@ class MessageSink(abc.ABC):
         interaction endpoints are exempt from its 50 requests/s)."""
         return True
 
+    def ref(self, handle: object) -> MessageRef | None:
+        """The message ``send`` returned, as the store keeps it (so a crash's stale message
+        can be told later); None when the platform cannot edit it again."""
+        return None
+
 
 @dataclass(frozen=True)
 class ReplyTexts:
@@ -95,6 +100,7 @@ class ReplyTexts:
     stopped: str = "⏹ Stopped."
     failed: str = "⚠️ {error}"
     trimmed: str = "(Older messages were left out to fit Chat with RTX's context.)"
+    interrupted: str = "⚠️ Interrupted: rtxrelay was restarted. Ask again."
     not_allowed: str = "Sorry, this bot is private."  # in a private chat
     not_allowed_here: str = "Sorry, you can't use this bot here."  # seen by the asker alone
     slow_down: str = "Slow down a little — try again in {seconds} s."
@@ -173,6 +179,7 @@ class StreamingReply:
         sleep: Sleep = asyncio.sleep,
         placeholder_shown: bool = False,
         shared_budget: SlidingWindowLimiter | None = None,
+        on_sent: Callable[[object], Awaitable[None]] | None = None,
     ) -> None:
         """``placeholder_shown``: the platform already shows a waiting state (Discord's
         deferred "is thinking…"), so no "starting" status is sent. ``shared_budget``: the
@@ -184,6 +191,7 @@ class StreamingReply:
         self._sink = sink
         self._placeholder_shown = placeholder_shown
         self._budget = shared_budget
+        self._on_sent = on_sent  # told of every new message (its handle), e.g. to record it
         self._profile = profile
         self._clock = clock
         self._sleep = sleep
@@ -279,7 +287,7 @@ class StreamingReply:
             frame, self._latest = self._latest, None
             if frame is None:
                 continue
-            wait = self._budget.check(_BOT_WIDE) if self._budget is not None else 0.0
+            wait = self._budget.check(BOT_WIDE) if self._budget is not None else 0.0
             if wait > 0:
                 # The bot as a whole is at the platform's rate: this frame waits its turn.
                 self._next_edit = self._clock() + wait
@@ -341,7 +349,7 @@ class StreamingReply:
             self._shown[index] = text
             self.outcome.edits += 1
         else:
-            handle = await self._sink.send(text, final=False)
+            handle = await self._sent(await self._sink.send(text, final=False))
             self._handles.append(handle)
             self._shown.append(text)
             self.outcome.sends += 1
@@ -356,11 +364,12 @@ class StreamingReply:
                     self.outcome.edits += 1
                 except DeliveryError:
                     # The message is gone or can no longer be edited: say it anew.
-                    self._handles[index] = await self._sink.send(text, final=True)
+                    self._handles[index] = await self._sent(
+                        await self._sink.send(text, final=True))
                     self.outcome.sends += 1
                 self._shown[index] = text
         else:
-            handle = await self._sink.send(text, final=True)
+            handle = await self._sent(await self._sink.send(text, final=True))
             self._handles.append(handle)
             self._shown.append(text)
             self.outcome.sends += 1
@@ -450,13 +459,21 @@ class StreamingReply:
         if self._budget is None:
             return True
         if not self._sink.bot_wide():
-            self._budget.check(_BOT_WIDE)
+            self._budget.check(BOT_WIDE)
             return True
-        while (wait := self._budget.check(_BOT_WIDE)) > 0:
+        while (wait := self._budget.check(BOT_WIDE)) > 0:
             if not hold:
                 return False
             await self._sleep(wait)
         return True
+
+    async def _sent(self, handle: object) -> object:
+        if self._on_sent is not None:
+            try:
+                await self._on_sent(handle)
+            except Exception:  # bookkeeping must never cost the answer
+                log.warning("a sent message could not be recorded", exc_info=True)
+        return handle
 
     def _mark_visible(self) -> None:
         if self.outcome.first_visible_at is None:

@@ -37,4 +37,15 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE turns ADD COLUMN owner TEXT
     """,
+    # 3: the platform messages of each answer, so a crash's stale messages can be told so.
+    """
+    CREATE TABLE messages (
+        turn_id INTEGER NOT NULL REFERENCES turns (id),
+        platform TEXT NOT NULL,
+        chat TEXT NOT NULL,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX messages_by_turn ON messages (turn_id);
+    ALTER TABLE turns ADD COLUMN stale INTEGER NOT NULL DEFAULT 0
+    """,
 ]

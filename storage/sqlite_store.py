@@ -18,7 +18,7 @@ from types import TracebackType
 import aiosqlite
 
 from rtxrelay.core.errors import StorageError
-from rtxrelay.core.store import Conversation, Turn, TurnStatus
+from rtxrelay.core.store import Conversation, MessageRef, StaleAnswer, Turn, TurnStatus
 
 from .migrations import MIGRATIONS
 
@@ -119,6 +119,30 @@ class SqliteStore:
     async def set_status(self, turn_id: int, status: TurnStatus) -> None:
         await self._write("UPDATE turns SET status = ? WHERE id = ?", (status.value, turn_id))
 
+    async def save_partial(self, turn_id: int, answer: str) -> None:
+        await self._write("UPDATE turns SET answer = ? WHERE id = ? AND status = ?",
+                          (answer, turn_id, TurnStatus.PENDING.value))
+
+    async def add_message(self, turn_id: int, ref: MessageRef) -> None:
+        await self._write(
+            "INSERT INTO messages (turn_id, platform, chat, message) VALUES (?, ?, ?, ?)",
+            (turn_id, ref.platform, ref.chat, ref.message))
+
+    async def stale_answers(self, platform: str) -> list[StaleAnswer]:
+        rows = await self._all(
+            "SELECT t.id, COALESCE(t.answer, ''), m.platform, m.chat, m.message "
+            "FROM turns t JOIN messages m ON m.turn_id = t.id "
+            "WHERE t.stale = 1 AND m.platform = ? ORDER BY t.id, m.rowid", (platform,))
+        found: dict[int, StaleAnswer] = {}
+        for turn_id, text, *ref in rows:
+            earlier = found.get(turn_id)
+            refs = (earlier.messages if earlier else ()) + (MessageRef(*map(str, ref)),)
+            found[turn_id] = StaleAnswer(int(turn_id), str(text), refs)
+        return list(found.values())
+
+    async def mark_told(self, turn_id: int) -> None:
+        await self._write("UPDATE turns SET stale = 0 WHERE id = ?", (turn_id,))
+
     async def recover_pending(self, is_alive: Callable[[str], bool]) -> int:
         rows = await self._all("SELECT DISTINCT owner FROM turns WHERE status = ?",
                                (TurnStatus.PENDING.value,))
@@ -128,7 +152,7 @@ class SqliteStore:
         for owner in gone:
             cursor = await self._write(
                 "UPDATE turns SET status = ?, error = 'rtxrelay stopped before the answer "
-                "finished', finished_at = ? WHERE status = ? AND owner IS ?",
+                "finished', finished_at = ?, stale = 1 WHERE status = ? AND owner IS ?",
                 (TurnStatus.INTERRUPTED.value, time.time(), TurnStatus.PENDING.value, owner),
             )
             recovered += cursor.rowcount if cursor is not None else 0

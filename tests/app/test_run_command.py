@@ -243,3 +243,45 @@ async def test_debug_logging_never_writes_questions_or_answers(
     assert code == EXIT_INTERRUPTED, output
     assert " DEBUG " in output, "LOG_LEVEL=DEBUG shows rtxrelay's own debug lines"
     assert "quokkazebra" not in output, "no question or answer text in the log"
+
+
+async def test_after_a_crash_the_stale_answer_says_it_was_interrupted(
+    rtx_426: Replica, tmp_path: Path
+) -> None:
+    """Killed mid-answer (a crash, a power cut), the next start edits the frozen message: its
+    text as last saved, no cursor, and what happened."""
+    import contextlib as _contextlib
+    import sqlite3
+
+    async with FakeTelegram() as fake:
+        env = bot_env(fake, rtx_426.url, tmp_path, token=fake.token)
+        env["TELEGRAM_PRIVATE_STREAMING"] = "edit"
+        user = fake.make_user("Alice")
+        chat = int(str(user["id"]))
+        async with rtxrelay_run(tmp_path, env) as cli:
+            await cli.wait_for(fake, lambda: fake.parked_polls >= 1, "getUpdates polling",
+                               START_TIMEOUT)
+            fake.inject_private_text(user, "a long one [len=20000] [delay=0.02]")
+            await cli.wait_for(fake, lambda: "▍" in fake.chat_text(chat), "a streaming answer",
+                               ANSWER_TIMEOUT)
+
+            def saved() -> str:
+                with _contextlib.closing(sqlite3.connect(tmp_path / "relay.db")) as db:
+                    row = db.execute("SELECT answer FROM turns").fetchone()
+                return str(row[0] or "") if row else ""
+
+            async with asyncio.timeout(30):
+                while not saved():  # noqa: ASYNC110 - a row in another process's database
+                    await asyncio.sleep(0.1)
+            cli.proc.kill()  # no goodbye: the message keeps its cursor
+            await cli.wait_exit(EXIT_TIMEOUT)
+        assert "▍" in fake.chat_text(chat)
+        partial = saved()
+        async with rtxrelay_run(tmp_path, env) as cli:
+            await cli.wait_for(fake, lambda: "Interrupted" in fake.chat_text(chat),
+                               "the stale answer told", START_TIMEOUT)
+            text = fake.chat_text(chat)
+            code = await cli.interrupt()
+    assert "▍" not in text and "/retry" in text, text
+    assert text.startswith(partial.strip()), (partial, text)
+    assert code == EXIT_INTERRUPTED

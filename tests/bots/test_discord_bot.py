@@ -26,7 +26,7 @@ from rtxrelay.bots.discord_bot import DiscordBot, DiscordSettings, DiscordSink
 from rtxrelay.core.conversation import DEFAULT_USER_RATE, ConversationLimits, ConversationService
 from rtxrelay.core.errors import ConfigError
 from rtxrelay.core.ratelimit import Rate
-from rtxrelay.core.store import TurnStatus
+from rtxrelay.core.store import MessageRef, TurnStatus
 from rtxrelay.storage.sqlite_store import SqliteStore
 from tests.fakes.discord_api import FakeDiscord, StoredMessage, point_discord_py_at
 from tests.fakes.discord_payloads import FLAG_EPHEMERAL
@@ -509,3 +509,43 @@ async def test_a_multi_line_mention_keeps_its_lines(make_rig) -> None:
     alice = rig.fake.users["alice"]["id"]
     (turn,) = await rig.store.turns_for_key(f"discord:guild-{rig.fake.guild_id}:{alice}")
     assert turn.question == question
+
+
+async def test_a_stale_answer_from_a_crash_is_told_at_the_next_start(
+        make_rig, rtx_426: Replica) -> None:
+    rig: Rig = await make_rig()
+    await rig.fake.dispatch_mention("first question")
+    await rig.wait(lambda: rig.text_in("general") == expected("first question"))
+    await rig.settled()
+    (answer,) = rig.answers_in("general")
+    rig.stop.set()  # this bot goes away
+    async with asyncio.timeout(20):
+        await rig.task
+    # What a crash mid-answer leaves: a pending turn, its message and its saved text.
+    conversation = await rig.store.current("discord:crashed")
+    turn = await rig.store.add_question(conversation.id, "lost")
+    await rig.store.add_message(turn, MessageRef("discord", str(rig.fake.channels["general"]),
+                                                 str(answer.id)))
+    await rig.store.save_partial(turn, "half an answer")
+    assert await rig.store.recover_pending(lambda owner: False) == 1
+    async with aiohttp.ClientSession() as http:
+        service = ConversationService(ChatRtxBackend(http, parse_launch_url(rtx_426.url)),
+                                      rig.store)
+        bot = DiscordBot(service, DiscordSettings(token=TOKEN), clock=rig.clock,
+                         client_options={"guild_ready_timeout": 0.05})
+        stop = asyncio.Event()
+        task = asyncio.create_task(bot.run(stop))
+        try:
+            async with asyncio.timeout(20):
+                while "Interrupted" not in rig.fake.message(answer.id).content:
+                    if task.done():
+                        task.result()
+                    await asyncio.sleep(0.02)
+        finally:
+            stop.set()
+            async with asyncio.timeout(20):
+                await task
+    told = rig.fake.message(answer.id)
+    assert told.content == "half an answer\n\n⚠️ Interrupted: rtxrelay was restarted. Ask again."
+    assert button_ids(told) == []
+    assert await rig.store.stale_answers("discord") == []

@@ -51,10 +51,10 @@ async def test_admission_order_and_what_each_refusal_costs(tmp_path) -> None:
             RefusalReason.NOT_ALLOWED)
         assert admission.check(ALICE, "alice", allowed=True) is None  # 1 of 2
         answer = service.ask(ALICE, "hold")
-        first = asyncio.ensure_future(anext(answer))
         async with asyncio.timeout(10):
-            await backend.started.wait()
-        await first
+            async for update in answer:  # until the backend has started on it
+                if isinstance(update, Started):
+                    break
         assert admission.check(ALICE, "alice", allowed=True) == Refusal(RefusalReason.BUSY)
         limited = admission.check(ALICE, "alice", allowed=True)
         assert limited is not None and limited.reason is RefusalReason.RATE_LIMITED

@@ -23,6 +23,7 @@ from rtxrelay.core.backend import (
     TextSoFar,
 )
 from rtxrelay.core.conversation import (
+    Accepted,
     Busy,
     ConversationLimits,
     ConversationService,
@@ -141,6 +142,7 @@ async def test_global_job_limit_reports_queue_position(store: SqliteStore) -> No
     backend = ScriptedBackend()
     service = ConversationService(backend, store, ConversationLimits(max_concurrent_jobs=1))
     alice = service.ask(ALICE, "first")
+    assert isinstance(await anext(alice), Accepted)  # her question is stored
     await anext(alice)  # Alice holds the only slot
     bob_updates: list[ReplyUpdate] = []
     bob_waiting = asyncio.Event()
@@ -148,12 +150,13 @@ async def test_global_job_limit_reports_queue_position(store: SqliteStore) -> No
     async def bob() -> None:
         async for update in service.ask(BOB, "second"):
             bob_updates.append(update)
-            bob_waiting.set()
+            if isinstance(update, Queued):
+                bob_waiting.set()
 
     bob_task = asyncio.create_task(bob())
     async with asyncio.timeout(10):
         await bob_waiting.wait()
-    assert bob_updates[0] == Queued(1)
+    assert bob_updates[1] == Queued(1)  # after Accepted
     assert len(backend.calls) == 1, "Bob must wait in rtxrelay's line, not in the GPU queue"
     backend.release.set()
     await drain(alice)
@@ -316,7 +319,7 @@ async def test_locked_database_gives_an_actionable_error(tmp_path: Path) -> None
 
 
 def Thinking_or_wait() -> tuple[type, ...]:
-    return (Started, Queued, TextSoFar)
+    return (Accepted, Started, Queued, TextSoFar)
 
 
 class _Unused:
