@@ -7,12 +7,14 @@ server started once can serve every test that needs it; each starts in a few sec
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
+import pytest
 import pytest_asyncio
 
 from tests.replica.launcher import Replica
 from tests.replica.variants import VARIANTS
+from tests.support.faults import REPORT, FaultRow
 
 # PTB constructs RetryAfter through a deprecated property unless this is set; under
 # -W error that warning would replace the exception (docs/platforms.md#telegram-gotchas).
@@ -43,3 +45,41 @@ async def rtx_426() -> AsyncIterator[Replica]:
 async def rtx_https() -> AsyncIterator[Replica]:
     async with Replica("4.26", https=True, token_delay=TOKEN_DELAY) as replica:
         yield replica
+
+
+# -- the fault report (tests/support/faults.py) -------------------------------------------------
+
+
+@pytest.fixture
+def fault(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """``fault(kept=…, lost=…, stale=…, leaked=…)``: the figures of this test's row (the
+    row itself comes from its ``@pytest.mark.fault(case, what happened)``)."""
+
+    def record(**figures: int) -> None:
+        row = REPORT.rows[request.node.nodeid]
+        for name, value in figures.items():
+            setattr(row, name, value)
+
+    return record
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    marker = item.get_closest_marker("fault")
+    if marker is not None:
+        REPORT.rows[item.nodeid] = FaultRow(*marker.args)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    report = yield
+    row = REPORT.rows.get(item.nodeid)
+    if row is not None and report.when == "call":
+        row.passed = report.passed
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if REPORT.rows:
+        terminalreporter.section("faults and bad input (issue 11)")
+        for line in REPORT.table():
+            terminalreporter.write_line(line)

@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.replica import fake_model
 from tests.replica.launcher import Replica, free_port
 
@@ -137,7 +139,8 @@ async def test_run_freezes_the_imported_libraries_before_the_bots_start(tmp_path
     assert discord_loaded == telegram_loaded == "True"
 
 
-async def test_chat_answers_the_line_after_a_failed_answer(rtx_426: Replica,
+@pytest.mark.fault('9', 'chat after a failed answer answers the next line')
+async def test_chat_answers_the_line_after_a_failed_answer(fault, rtx_426: Replica,
                                                            tmp_path: Path) -> None:
     env = {"RTX_URL": rtx_426.url, "RTXRELAY_DB": str(tmp_path / "r.db")}
     code, out, err = await run_cli("chat", env=env, cwd=tmp_path,
@@ -145,9 +148,11 @@ async def test_chat_answers_the_line_after_a_failed_answer(rtx_426: Replica,
     assert code == 1, "a failed answer still shows in the exit code"
     assert "Still answering" not in err
     assert fake_model.answer_text("and this works", []).strip() in out
+    fault(kept=2)
 
 
-async def test_invalid_text_is_replaced_stored_and_answered(rtx_426: Replica,
+@pytest.mark.fault('8', 'a non-UTF-8 byte and a lone surrogate: replaced, stored, answered')
+async def test_invalid_text_is_replaced_stored_and_answered(fault, rtx_426: Replica,
                                                             tmp_path: Path) -> None:
     import contextlib
     import sqlite3
@@ -167,3 +172,4 @@ async def test_invalid_text_is_replaced_stored_and_answered(rtx_426: Replica,
         turns = dict(db.execute("SELECT question, status FROM turns").fetchall())
     assert turns == {"caf\ufffd au lait": "complete", "half \ufffd a pair": "complete"}
     assert "caf\ufffd au lait" in out.decode()
+    fault(kept=2)

@@ -195,7 +195,8 @@ async def test_run_with_a_rejected_token_fails_clearly_without_showing_it(
     assert "Traceback" not in output, output
 
 
-async def test_sigterm_stops_like_ctrl_c_and_lands_the_answer_as_stopped(
+@pytest.mark.fault('4', "SIGTERM mid-answer: 'Stopped', turn interrupted, exit 0")
+async def test_sigterm_stops_like_ctrl_c_and_lands_the_answer_as_stopped(fault,
     rtx_426: Replica, tmp_path: Path
 ) -> None:
     """A service manager (systemd, Docker, `kill`) stops with SIGTERM: the answer being
@@ -224,9 +225,11 @@ async def test_sigterm_stops_like_ctrl_c_and_lands_the_answer_as_stopped(
     async with SqliteStore(tmp_path / "relay.db") as store:
         (turn,) = await store.turns_for_key(f"telegram:{chat}:{chat}")
     assert turn.status is TurnStatus.INTERRUPTED and turn.answer
+    fault(kept=1, stale=text.count("▍"))
 
 
-async def test_debug_logging_never_writes_questions_or_answers(
+@pytest.mark.fault('14', 'LOG_LEVEL=DEBUG: no question or answer in the log')
+async def test_debug_logging_never_writes_questions_or_answers(fault,
     rtx_426: Replica, tmp_path: Path
 ) -> None:
     async with FakeTelegram() as fake:
@@ -243,9 +246,11 @@ async def test_debug_logging_never_writes_questions_or_answers(
     assert code == EXIT_INTERRUPTED, output
     assert " DEBUG " in output, "LOG_LEVEL=DEBUG shows rtxrelay's own debug lines"
     assert "quokkazebra" not in output, "no question or answer text in the log"
+    fault(kept=1)
 
 
-async def test_after_a_crash_the_stale_answer_says_it_was_interrupted(
+@pytest.mark.fault('5', 'SIGKILL mid-answer: the next start edits the frozen message')
+async def test_after_a_crash_the_stale_answer_says_it_was_interrupted(fault,
     rtx_426: Replica, tmp_path: Path
 ) -> None:
     """Killed mid-answer (a crash, a power cut), the next start edits the frozen message: its
@@ -285,3 +290,4 @@ async def test_after_a_crash_the_stale_answer_says_it_was_interrupted(
     assert "▍" not in text and "/retry" in text, text
     assert text.startswith(partial.strip()), (partial, text)
     assert code == EXIT_INTERRUPTED
+    fault(kept=1, stale=text.count("▍"))

@@ -76,7 +76,9 @@ def test_log_redaction_masks_tokens_cookie_and_tracebacks() -> None:
     assert "x" in formatter.format(logging.LogRecord("t", 20, __file__, 1, "x", (), None))
 
 
-async def test_plain_http_to_another_machine_needs_an_explicit_opt_in(tmp_path: Path) -> None:
+@pytest.mark.fault('12', 'plain http to another machine refused, doctor says why')
+async def test_plain_http_to_another_machine_needs_an_explicit_opt_in(
+        fault, tmp_path: Path) -> None:
     import io
 
     from rtxrelay.app.doctor import run_doctor
@@ -93,3 +95,4 @@ async def test_plain_http_to_another_machine_needs_an_explicit_opt_in(tmp_path: 
     assert allowed.backend.ssl_context(allowed.backend.launch_url()) is True
     local = load_settings({"RTX_URL": "http://127.0.0.1:5000?cookie=a"}, None)
     assert local.backend.ssl_context(local.backend.launch_url()) is True
+    fault()

@@ -40,7 +40,8 @@ async def final(service, question: str) -> Finished:  # type: ignore[no-untyped-
     return updates[-1]
 
 
-async def test_rtxrelay_starts_chat_with_rtx_and_restarts_it_when_it_dies(
+@pytest.mark.fault('6b', 'RTX_LAUNCH: Chat with RTX killed, restarted, found again')
+async def test_rtxrelay_starts_chat_with_rtx_and_restarts_it_when_it_dies(fault,
         tmp_path: Path) -> None:
     settings = load_settings({"RTX_LAUNCH": await replica_command(),
                               "RTXRELAY_DB": str(tmp_path / "r.db")}, None)
@@ -63,6 +64,7 @@ async def test_rtxrelay_starts_chat_with_rtx_and_restarts_it_when_it_dies(
         assert (await final(relay.service, "after the crash")).status is TurnStatus.COMPLETE
         pid = child.pid
     assert pid is not None and not psutil.pid_exists(pid), "stopped with rtxrelay"
+    fault(kept=2)
 
 
 async def test_a_command_that_never_prints_its_url_fails_at_start_and_says_why(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from rtxrelay.app.settings import load_settings
 from rtxrelay.app.wiring import open_relay
 from rtxrelay.core.backend import Failed
@@ -22,7 +24,8 @@ async def final(relay_service, question: str) -> Finished:  # type: ignore[no-un
     return last
 
 
-async def test_pasting_the_new_launch_url_into_env_reaches_a_running_relay(
+@pytest.mark.fault('6a', 'Chat with RTX relaunched: the new URL in .env is enough')
+async def test_pasting_the_new_launch_url_into_env_reaches_a_running_relay(fault,
         tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
     async with Replica("4.26", token_delay=0.001) as rtx:
@@ -40,6 +43,7 @@ async def test_pasting_the_new_launch_url_into_env_reaches_a_running_relay(
             env_file.write_text(f"RTX_URL={rtx.url}\nRTXRELAY_DB={tmp_path / 'r.db'}\n")
             assert (await final(relay.service, "after")).status is TurnStatus.COMPLETE
             assert (await relay.backend.probe()).protocol == "sse_v3"
+    fault(kept=2, lost=0)
 
 
 async def test_a_malformed_new_url_is_reported_and_the_question_fails_cleanly(

@@ -500,7 +500,8 @@ def test_only_channel_writes_count_against_the_bot_wide_limit() -> None:
     assert asked.bot_wide()
 
 
-async def test_a_multi_line_mention_keeps_its_lines(make_rig) -> None:
+@pytest.mark.fault('10', 'Discord: a multi-line mention keeps its lines')
+async def test_a_multi_line_mention_keeps_its_lines(fault, make_rig) -> None:
     rig: Rig = await make_rig()
     question = "why does this fail?\n```py\ndef f():\n    return 1\n```"
     await rig.fake.dispatch_mention(question, channel="rtx-help")
@@ -509,9 +510,11 @@ async def test_a_multi_line_mention_keeps_its_lines(make_rig) -> None:
     alice = rig.fake.users["alice"]["id"]
     (turn,) = await rig.store.turns_for_key(f"discord:guild-{rig.fake.guild_id}:{alice}")
     assert turn.question == question
+    fault(kept=1)
 
 
-async def test_a_stale_answer_from_a_crash_is_told_at_the_next_start(
+@pytest.mark.fault('5', "Discord: a crash's frozen answer is told at the next start")
+async def test_a_stale_answer_from_a_crash_is_told_at_the_next_start(fault,
         make_rig, rtx_426: Replica) -> None:
     rig: Rig = await make_rig()
     await rig.fake.dispatch_mention("first question")
@@ -549,3 +552,4 @@ async def test_a_stale_answer_from_a_crash_is_told_at_the_next_start(
     assert told.content == "half an answer\n\n⚠️ Interrupted: rtxrelay was restarted. Ask again."
     assert button_ids(told) == []
     assert await rig.store.stale_answers("discord") == []
+    fault(kept=1, stale=0)

@@ -369,9 +369,11 @@ def test_model_mentions_ping_nobody(md: str, shown: str) -> None:
     assert to_plain_text(md) == visible(shown).replace("@code", "\uff20code")
 
 
-def test_a_link_never_hides_where_it_goes() -> None:
+@pytest.mark.fault('15', 'model links show their target; mentions ping nobody')
+def test_a_link_never_hides_where_it_goes(fault) -> None:
     html = to_telegram_html("see [nvidia.com](http://evil.example/x)")
     assert visible(html) == "see nvidia.com (http://evil.example/x)"
     assert to_plain_text("see [nvidia.com](http://evil.example/x)") == visible(html)
     same = to_telegram_html("<https://nvidia.com>")
     assert same == '<a href="https://nvidia.com">https://nvidia.com</a>'
+    fault(kept=1)

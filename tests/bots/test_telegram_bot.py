@@ -237,7 +237,8 @@ async def test_queue_position_is_shown_while_another_answer_runs(make_rig) -> No
     await final_text(rig.fake, group["id"], "You asked: my turn")
 
 
-async def test_multi_line_questions_keep_their_lines_and_an_edit_is_not_asked_again(
+@pytest.mark.fault('10/11', 'multi-line questions kept; an edited question not asked again')
+async def test_multi_line_questions_keep_their_lines_and_an_edit_is_not_asked_again(fault,
         make_rig) -> None:
     rig: Rig = await make_rig()
     group = rig.fake.make_group()
@@ -259,9 +260,11 @@ async def test_multi_line_questions_keep_their_lines_and_an_edit_is_not_asked_ag
     turns = await rig.store.turns_for_key(f"telegram:{group['id']}:{ada['id']}")
     assert [t.question for t in turns] == [by_command, by_mention, "next"]
     assert "Still answering" not in rig.fake.chat_text(group["id"])
+    fault(kept=3)
 
 
-async def test_a_bare_ask_from_someone_not_allowed_gets_no_reply(make_rig) -> None:
+@pytest.mark.fault('15', 'a bare /ask from someone not allowed: no reply')
+async def test_a_bare_ask_from_someone_not_allowed_gets_no_reply(fault, make_rig) -> None:
     rig: Rig = await make_rig(allowed_users=frozenset({42}))
     group = rig.fake.make_group()
     eve = rig.fake.make_user("Eve")
@@ -271,6 +274,7 @@ async def test_a_bare_ask_from_someone_not_allowed_gets_no_reply(make_rig) -> No
     rig.fake.inject_private_text(eve, "let me in")
     await final_text(rig.fake, eve["id"], "private")
     assert rig.fake.bot_messages(group["id"]) == []
+    fault()
 
 
 async def test_a_dropped_connection_is_logged_once_and_its_end_once(
@@ -292,7 +296,8 @@ async def test_a_dropped_connection_is_logged_once_and_its_end_once(
     await final_text(rig.fake, user["id"], expected("still there?")[-30:])
 
 
-async def test_a_second_bot_on_the_same_token_steps_back_and_the_first_goes_on(
+@pytest.mark.fault('7', 'a second run on the same Telegram token steps back')
+async def test_a_second_bot_on_the_same_token_steps_back_and_the_first_goes_on(fault,
         make_rig, rtx_426: Replica, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     rig: Rig = await make_rig(poll_watch=PollWatch(start_grace=0))  # long running
     async with aiohttp.ClientSession() as http, SqliteStore(tmp_path / "second.db") as store:
@@ -307,3 +312,4 @@ async def test_a_second_bot_on_the_same_token_steps_back_and_the_first_goes_on(
     user = rig.fake.make_user("Alice")
     rig.fake.inject_private_text(user, "are you still mine?")
     await final_text(rig.fake, user["id"], expected("are you still mine?")[-30:])
+    fault(kept=1)

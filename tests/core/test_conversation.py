@@ -258,7 +258,8 @@ async def test_backend_failure_is_final_and_stored(store: SqliteStore) -> None:
 # -- the store itself -----------------------------------------------------------------------------
 
 
-async def test_crash_leftovers_are_marked_interrupted_but_a_running_process_is_left_be(
+@pytest.mark.fault('7', "a second process on the database leaves the running one's answers")
+async def test_crash_leftovers_are_marked_interrupted_but_a_running_process_is_left_be(fault,
         tmp_path: Path) -> None:
     path = tmp_path / "relay.db"
     async with SqliteStore(path, owner="crashed") as crashed, \
@@ -274,6 +275,7 @@ async def test_crash_leftovers_are_marked_interrupted_but_a_running_process_is_l
         assert turn.status is TurnStatus.INTERRUPTED
         (alive,) = await second.turns_for_key(str(BOB))
         assert alive.status is TurnStatus.PENDING
+    fault(kept=2)
 
 
 async def test_schema_is_versioned_and_uses_wal(tmp_path: Path) -> None:
@@ -393,7 +395,8 @@ class StallingBackend:
             raise BackendError(BackendErrorKind.STUCK, "still stuck")
 
 
-async def test_a_stuck_backend_tells_the_whole_line_at_once_and_reopens_after_a_probe(
+@pytest.mark.fault('3', 'a stall: 3 in line told at once, new ones refused, reopened by a probe')
+async def test_a_stuck_backend_tells_the_whole_line_at_once_and_reopens_after_a_probe(fault,
     store: SqliteStore,
 ) -> None:
     backend = StallingBackend()
@@ -426,3 +429,4 @@ async def test_a_stuck_backend_tells_the_whole_line_at_once_and_reopens_after_a_
         assert backend.probes >= 1
     finally:
         await service.close()
+    fault(kept=4)

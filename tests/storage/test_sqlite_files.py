@@ -17,7 +17,8 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-async def test_new_database_and_folders_are_private(tmp_path: Path) -> None:
+@pytest.mark.fault('13', 'the database is created 0600 in 0700 folders')
+async def test_new_database_and_folders_are_private(fault, tmp_path: Path) -> None:
     path = tmp_path / "new" / "deeper" / "relay.db"
     old = os.umask(0o022)  # the usual default: files 0644, folders 0755
     try:
@@ -30,6 +31,7 @@ async def test_new_database_and_folders_are_private(tmp_path: Path) -> None:
     assert mode(path.parent) == 0o700 and mode(path.parent.parent) == 0o700
     for extra in path.parent.glob("relay.db-*"):  # WAL and shared-memory files
         assert mode(extra) & 0o077 == 0, extra
+    fault()
 
 
 async def test_an_existing_world_readable_database_is_tightened(tmp_path: Path) -> None:
