@@ -382,3 +382,21 @@ async def test_a_probe_after_a_stall_passes_once_questions_move_again(
     info = await backend.probe()
     assert info.protocol == "sse_v3"
     assert isinstance((await collect(backend, "and now?"))[-1], Done)
+
+
+@pytest.mark.fault("2", "Gradio's stale diff state, planted by the replica: the answer is whole")
+async def test_gradio_stale_diff_state_on_the_replica_loses_no_text(
+    fault, rtx: Replica, http: aiohttp.ClientSession
+) -> None:
+    # A conversation with history, as `rtxrelay chat` and the bots send it: the stale diff
+    # then edits pairs the client never had (before the fix: "sent something unexpected").
+    history = [Exchange(f"question {i}", f"answer {i}") for i in range(3)]
+    question = "after an error, say [stale]"
+    updates = await collect(backend_for(http, rtx.url), question, history)
+    final = updates[-1]
+    assert isinstance(final, Done), final
+    assert final.raw == fake_model.answer_text(
+        question, [[ex.question, ex.answer] for ex in history])
+    shown = [u.text for u in updates if isinstance(u, TextSoFar)]
+    assert all(final.text.startswith(text) for text in shown), "no garbage was ever shown"
+    fault(kept=1)

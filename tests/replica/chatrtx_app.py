@@ -27,10 +27,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import gc
+import inspect
 import ipaddress
 import os
 import random
 import socket
+import sys
 import tempfile
 import threading
 import uuid
@@ -288,6 +291,7 @@ class ChatRTXReplica:
             self._handle_dataset_events()
             self._handle_chatbot_events()
             self._handle_links()
+        self._demo = demo
         return demo
 
     def _guarded(self, trigger: Any) -> Any:
@@ -454,6 +458,12 @@ class ChatRTXReplica:
         query = history[-1][0] or ""
         session_id = self._get_session_id(state)
         delay = fake_model.token_delay(query, self._token_delay)
+        if fake_model.parse_directives(query).stale:
+            # What a job that raised after "its half answer" leaves: the same history, then
+            # the failed question (failed turns are not sent again as history).
+            failed = [*(list(pair) for pair in history[:-1]),
+                      ["a failed question", "its half answer"]]
+            self._plant_stale_diff_state(request, [failed, state])
         try:
             # The model sees (query, history[:-1], session_id), cumulative text comes back.
             for text in self._query_handler(query, history[:-1], session_id):
@@ -468,6 +478,30 @@ class ChatRTXReplica:
         except fake_model.DieRequested:
             print("dying mid-answer", session_id, flush=True)
             os._exit(DIE_EXIT_CODE)
+
+    def _plant_stale_diff_state(self, request: gr.Request, stale: list[Any]) -> None:
+        """What a generator that raised leaves in Gradio (sse_v2+): an entry in
+        ``pending_diff_streams`` keyed by ``id(iterator)``. A new job whose iterator gets the
+        same id then sees its first update sent as a diff against that stale value. Here
+        the entry is planted under this very generator's id, so that happens every time.
+        (For an async generator function Gradio's iterator is the generator object itself.)"""
+        pending = getattr(self._demo, "pending_diff_streams", None)
+        if pending is None:
+            return  # sse_v1 sends whole values: nothing to go stale
+        # Gradio may wrap the generator in one of its own (utils.function_wrapper): the ids
+        # of every async generator on the way up are candidates, and the session hash is a
+        # local of process_api further up (gr.Request does not carry it in every version).
+        ids: list[int] = []
+        session_hash: str | None = None
+        frame = sys._getframe(1)  # process_output's frame
+        while frame is not None and session_hash is None:
+            ids += [id(g) for g in gc.get_referrers(frame)
+                    if inspect.isasyncgen(g) and g.ag_frame is frame]
+            found = frame.f_locals.get("session_hash")
+            session_hash = found if isinstance(found, str) else None
+            frame = frame.f_back
+        for run in ids if session_hash is not None else []:
+            pending[session_hash][run] = list(stale)
 
     @staticmethod
     def _query_handler(query: str, history: list[list[str | None]], session_id: str | None

@@ -20,6 +20,9 @@ echoed question (only the names below count, so user text like ``[b]`` stays int
 - ``[stall]``   after ~5 tokens ``StallRequested`` (the app then waits until cancelled).
 - ``[die]``     after ~5 tokens ``DieRequested`` (the app then exits the process at once).
 - ``[delay=S]`` per-token delay override for this answer (read with ``token_delay``).
+- ``[stale]``   the answer is normal, but Gradio (sse_v2+) sends its first update as a diff
+              against a failed earlier job's value, as it does when a new generator reuses
+              the id of one that raised (the app plants that stale entry itself).
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ _WORDS = (
     "weight", "prompt", "context", "window", "batch",
 )
 _DIRECTIVE_RE = re.compile(
-    r"\[(recall|echo|code|refs|images|fail|error|stall|die|len=\d+|delay=\d+(?:\.\d+)?)\]",
+    r"\[(recall|echo|code|refs|images|fail|error|stall|die|stale|len=\d+|delay=\d+(?:\.\d+)?)\]",
     re.IGNORECASE,
 )
 # Split keeping every character: leading whitespace, then word+trailing whitespace chunks.
@@ -90,6 +93,7 @@ class Directives:
     error: bool = False
     stall: bool = False
     die: bool = False
+    stale: bool = False  # the app plants Gradio's stale diff state (see chatrtx_app)
     length: int | None = None
     delay: float | None = None
 
