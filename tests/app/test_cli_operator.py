@@ -132,7 +132,7 @@ async def test_a_reader_that_goes_away_ends_the_command_quietly(
     env = {**os.environ, "RTX_URL": rtx_426.url, "RTXRELAY_DB": str(tmp_path / "r.db")}
     read_end, write_end = os.pipe()
     proc = await asyncio.create_subprocess_exec(
-        *RTXRELAY, "ask", "long [len=60000] [delay=0.001]", stdout=write_end,
+        *RTXRELAY, "ask", "long [len=150000] [delay=0]", stdout=write_end,
         stderr=asyncio.subprocess.PIPE, cwd=tmp_path, env=env)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as reader:  # `| head -c 100`
