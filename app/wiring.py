@@ -38,17 +38,21 @@ def backend_session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(trust_env=False, cookie_jar=aiohttp.DummyCookieJar())
 
 
-def make_backend(http: aiohttp.ClientSession, settings: Settings) -> ChatRtxBackend:
-    """The one place settings become a backend (relay, doctor); raises on bad settings."""
-    target = settings.backend.target()
-    return ChatRtxBackend(
-        http,
-        target.launch,
-        ssl_context=target.ssl_context,
-        timeouts=settings.backend.timeouts,
-        chat_fn=settings.backend.chat_fn,
-        reload=_reread_rtx_url(settings.env_file),
-    )
+def make_backend(http: aiohttp.ClientSession, settings: Settings,
+                 child: SupervisedChatRtx | None = None) -> ChatRtxBackend:
+    """The one place settings become a backend (relay, doctor); raises on bad settings.
+    Chat with RTX's address comes from ``child`` when rtxrelay started it (RTX_LAUNCH),
+    else from RTX_URL, read again from the settings file after a restart."""
+    if child is not None:
+        target = child.target()
+        assert target is not None, "a child is handed over once it printed its URL"
+        reload: Callable[[], ChatRtxTarget | None] | None = child.target
+    else:
+        target = settings.backend.target()
+        reload = _reread_rtx_url(settings.env_file)
+    return ChatRtxBackend(http, target.launch, ssl_context=target.ssl_context,
+                          timeouts=settings.backend.timeouts, chat_fn=settings.backend.chat_fn,
+                          reload=reload)
 
 
 def _reread_rtx_url(env_file: Path | None) -> Callable[[], ChatRtxTarget] | None:
@@ -80,13 +84,7 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
             log.info("starting Chat with RTX (RTX_LAUNCH); it can take minutes to load")
             child = await stack.enter_async_context(SupervisedChatRtx(
                 chatrtx.launch_command, chatrtx, cwd=chatrtx.launch_dir))
-            target = child.target()
-            assert target is not None, "entered once Chat with RTX printed its URL"
-            backend = ChatRtxBackend(http, target.launch, ssl_context=target.ssl_context,
-                                     timeouts=chatrtx.timeouts, chat_fn=chatrtx.chat_fn,
-                                     reload=child.target)
-        else:
-            backend = make_backend(http, settings)
+        backend = make_backend(http, settings, child)
         service = ConversationService(backend, store, settings.limits)
         try:
             yield Relay(settings, backend, store, service, child)

@@ -96,3 +96,20 @@ async def test_plain_http_to_another_machine_needs_an_explicit_opt_in(
     local = load_settings({"RTX_URL": "http://127.0.0.1:5000?cookie=a"}, None)
     assert local.backend.ssl_context(local.backend.launch_url()) is True
     fault()
+
+
+def test_log_wire_lets_the_libraries_debug_lines_through_and_only_then() -> None:
+    from rtxrelay.app.log_redaction import LIBRARY_LOGGERS, quiet_libraries
+
+    try:
+        quiet_libraries(logging.DEBUG)
+        assert all(logging.getLogger(n).level == logging.INFO for n in LIBRARY_LOGGERS
+                   if n != "httpx")
+        assert logging.getLogger("httpx").level == logging.WARNING  # a line per long poll
+        assert not load_settings({}, None).wire_logs
+        assert load_settings({"LOG_WIRE": "1"}, None).wire_logs
+        quiet_libraries(logging.DEBUG, wire=True)
+        assert all(logging.getLogger(n).level == logging.DEBUG for n in LIBRARY_LOGGERS)
+    finally:
+        for name in LIBRARY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)

@@ -69,12 +69,15 @@ async def test_rtxrelay_starts_chat_with_rtx_and_restarts_it_when_it_dies(fault,
 
 async def test_a_command_that_never_prints_its_url_fails_at_start_and_says_why(
         tmp_path: Path) -> None:
-    broken = command(sys.executable, "-c", "print('Loading the models...'); raise SystemExit(3)")
-    settings = load_settings({"RTX_LAUNCH": broken, "RTXRELAY_DB": str(tmp_path / "r.db")},
-                             None)
+    folder = tmp_path / "ChatRTX"  # RTX_LAUNCH_DIR: where the command starts
+    folder.mkdir()
+    broken = command(sys.executable, "-c", "import os; print('Loading the models in', "
+                     "os.getcwd()); raise SystemExit(3)")
+    settings = load_settings({"RTX_LAUNCH": broken, "RTX_LAUNCH_DIR": str(folder),
+                              "RTXRELAY_DB": str(tmp_path / "r.db")}, None)
     with pytest.raises(BackendError) as failed:
         async with asyncio.timeout(60):
             async with open_relay(settings):
                 pass
     assert "exited before printing its launch URL" in failed.value.message
-    assert "Loading the models..." in failed.value.hint
+    assert f"Loading the models in {folder}" in failed.value.hint
