@@ -9,7 +9,7 @@ from rtxrelay.bots import PLATFORMS, configured_platforms
 from rtxrelay.core.errors import RelayError
 from rtxrelay.storage.sqlite_store import SqliteStore
 
-from .settings import Settings
+from .settings import BackendFamily, Settings
 from .wiring import backend_session, make_backend
 
 
@@ -30,7 +30,9 @@ async def run_doctor(settings: Settings, out: TextIO) -> int:
         print(f"--    {what}", file=out)
 
     ok(f"settings from {settings.env_file or 'the environment only (no .env file)'}")
-    if settings.backend.launch_command is not None:
+    if settings.family is BackendFamily.OPENAI:
+        await _check_openai(settings, ok, bad, info)
+    elif settings.chatrtx.launch_command is not None:
         # Starting Chat with RTX takes minutes and a GPU: doctor does not; ask does.
         info("RTX_LAUNCH is set: rtxrelay starts Chat with RTX itself and reads its URL "
              "(RTX_URL is not used); `rtxrelay ask hello` checks it end to end")
@@ -57,8 +59,8 @@ async def _check_rtx_url(settings: Settings, ok: Callable[[str], None],
                          bad: Callable[[str, RelayError], None],
                          info: Callable[[str], None]) -> None:
     try:
-        launch = settings.backend.launch_url()
-        settings.backend.ssl_context(launch)  # reports a bad RTX_CA_FILE / insecure setting
+        launch = settings.chatrtx.launch_url()
+        settings.chatrtx.ssl_context(launch)  # reports a bad RTX_CA_FILE / insecure setting
     except RelayError as exc:
         bad(getattr(exc, "setting", None) or "RTX_URL", exc)
         return
@@ -72,6 +74,32 @@ async def _check_rtx_url(settings: Settings, ok: Callable[[str], None],
         except RelayError as exc:
             bad("Chat with RTX", exc)
             return
-    ok(f"Chat with RTX reachable (gradio {found.gradio_version}, protocol {found.protocol})")
-    ok(f"chat function found: {found.chat_function}")
-    ok("session cookie accepted")
+    for check in found.checks:
+        ok(check)
+
+
+async def _check_openai(settings: Settings, ok: Callable[[str], None],
+                        bad: Callable[[str, RelayError], None],
+                        info: Callable[[str], None]) -> None:
+    try:
+        endpoint = settings.openai.endpoint()
+    except RelayError as exc:
+        bad(getattr(exc, "setting", None) or "OPENAI_BASE_URL", exc)
+        return
+    ok(f"OPENAI_BASE_URL is {endpoint}")
+    async with backend_session() as http:
+        backend = make_backend(http, settings)
+        try:
+            found = await backend.probe()
+        except RelayError as exc:
+            bad(f"the server at {endpoint}", exc)
+            return
+    ok(f"{found.product} answers at {found.url}")
+    for check in found.checks:
+        ok(check)
+    jobs = settings.limits.max_concurrent_jobs if settings.jobs_set else (found.parallel or 4)
+    info(f"up to {jobs} answer(s) at once" + ("" if settings.jobs_set else
+         " (MAX_CONCURRENT_JOBS unset: " + ("the server's own figure)" if found.parallel
+                                            else "the default for such servers)")))
+    if settings.openai.system_prompt:
+        info("SYSTEM_PROMPT is set: every conversation starts with it")

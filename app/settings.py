@@ -10,6 +10,7 @@ start (``bots.PLATFORMS``).
 from __future__ import annotations
 
 import codecs
+import enum
 import io
 import os
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from pathlib import Path
 from dotenv import dotenv_values
 
 from rtxrelay.backends.chatrtx.settings import ChatRtxSettings
+from rtxrelay.backends.openai.settings import OpenAiSettings
 from rtxrelay.core.conversation import ConversationLimits
 from rtxrelay.core.env import Env
 from rtxrelay.core.errors import ConfigError
@@ -27,9 +29,23 @@ from rtxrelay.core.ratelimit import Rate
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
+class BackendFamily(enum.Enum):
+    CHATRTX = "Chat with RTX"  # RTX_URL or RTX_LAUNCH: the Gradio builds 0.2/0.3
+    OPENAI = "an OpenAI-compatible server"  # OPENAI_BASE_URL
+
+    @property
+    def default_jobs(self) -> int:
+        """MAX_CONCURRENT_JOBS when unset: Chat with RTX answers one question at a time; an
+        OpenAI-compatible server that does not tell its parallelism (llama.cpp's /props
+        does) gets a few at once, as Ollama, LM Studio and vLLM handle."""
+        return 1 if self is BackendFamily.CHATRTX else 4
+
+
 @dataclass(frozen=True)
 class Settings:
-    backend: ChatRtxSettings
+    chatrtx: ChatRtxSettings
+    openai: OpenAiSettings
+    family: BackendFamily
     database: Path
     limits: ConversationLimits
     log_level: str
@@ -38,6 +54,7 @@ class Settings:
     wire_logs: bool = False  # LOG_WIRE=1: the libraries' DEBUG lines too (they hold messages)
     log_level_set: bool = False  # LOG_LEVEL given: every command logs at it
     log_file: Path | None = None  # LOG_FILE: also log there, rotated (a service has no console)
+    jobs_set: bool = False  # MAX_CONCURRENT_JOBS given (else the backend's own figure)
 
 
 def load_settings(
@@ -60,11 +77,13 @@ def load_settings(
                               hint="Check the path given to --env-file.")
     values.update(os.environ if environ is None else environ)
     env = Env(values)
+    family = _family(env)
     limits = ConversationLimits(
         history_turns=env.int("HISTORY_TURNS", 8, minimum=0, maximum=100),
         history_chars=env.int("HISTORY_CHARS", 6000, minimum=0, maximum=1_000_000),
         max_question_chars=env.int("MAX_QUESTION_CHARS", 4000, minimum=1, maximum=100_000),
-        max_concurrent_jobs=env.int("MAX_CONCURRENT_JOBS", 1, minimum=1, maximum=64),
+        max_concurrent_jobs=env.int("MAX_CONCURRENT_JOBS", family.default_jobs, minimum=1,
+                                    maximum=64),
         user_rate=env.rate("USER_RATE_LIMIT", Rate(10, 60.0)),
     )
     here = used_file.parent if used_file else Path.cwd()
@@ -80,7 +99,10 @@ def load_settings(
             f"LOG_LEVEL={level!r} is not a log level.", hint="Use DEBUG, INFO, WARNING or ERROR."
         )
     return Settings(
-        backend=ChatRtxSettings.from_env(env),
+        chatrtx=ChatRtxSettings.from_env(env),
+        openai=OpenAiSettings.from_env(env),
+        family=family,
+        jobs_set=env.str("MAX_CONCURRENT_JOBS") is not None,
         database=database,
         limits=limits,
         log_level=level,
@@ -90,6 +112,21 @@ def load_settings(
         env_file=used_file,
         wire_logs=env.bool("LOG_WIRE", False),
     )
+
+
+def _family(env: Env) -> BackendFamily:
+    """Which backend answers: one of them, until a pool of several is built."""
+    chatrtx = [name for name in ("RTX_URL", "RTX_LAUNCH") if env.str(name)]
+    if env.str("OPENAI_BASE_URL"):
+        if chatrtx:
+            raise ConfigError(
+                f"Both {' and '.join(chatrtx)} and OPENAI_BASE_URL are set; rtxrelay talks to "
+                "one backend.", setting="OPENAI_BASE_URL",
+                hint="Keep RTX_URL for Chat with RTX 0.2/0.3, or OPENAI_BASE_URL for an "
+                "OpenAI-compatible server (ChatRTX 0.5's model, Ollama, LM Studio, llama.cpp), "
+                "and remove the other.")
+        return BackendFamily.OPENAI
+    return BackendFamily.CHATRTX
 
 
 def _read_env_file(path: Path) -> dict[str, str]:
@@ -116,10 +153,11 @@ def _read_env_file(path: Path) -> dict[str, str]:
 
 
 def secrets(settings: Settings) -> list[str]:
-    """The values that must never reach a log line: each platform's token, and the session
-    cookie in RTX_URL (a credential for Chat with RTX)."""
+    """The values that must never reach a log line: each platform's token, the session
+    cookie in RTX_URL (a credential for Chat with RTX) and OPENAI_API_KEY."""
     from rtxrelay.bots import PLATFORMS
 
     found = [secret for platform in PLATFORMS for secret in platform.secrets(settings.env)]
-    cookie = settings.backend.cookie()
-    return found + ([cookie] if cookie else [])
+    cookie = settings.chatrtx.cookie()
+    key = settings.openai.api_key
+    return found + [value for value in (cookie, key) if value]

@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from types import FrameType
 from typing import TextIO
 
-from rtxrelay.core.backend import Queued, Started, TextSoFar
+from rtxrelay.core.backend import Queued, Started, TextSoFar, Throttled
 from rtxrelay.core.conversation import Busy, ConversationService, Finished, Rejected, ReplyUpdate
 from rtxrelay.core.errors import RelayError
 from rtxrelay.core.store import ConversationKey, TurnStatus
@@ -47,6 +47,9 @@ async def _print_updates(stream: AsyncIterator[ReplyUpdate], out: TextIO, err: T
             print(f"(#{update.position} in line)", file=err, flush=True)
         elif isinstance(update, Started):
             continue
+        elif isinstance(update, Throttled):
+            print(f"(the model is busy; trying again in {max(1, round(update.retry_after))} s)",
+                  file=err, flush=True)
         elif isinstance(update, TextSoFar):
             printed = _print_more(out, printed, update.text)
         elif isinstance(update, Busy):

@@ -6,7 +6,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiohttp
@@ -14,11 +14,12 @@ import aiohttp
 from rtxrelay.backends.chatrtx.backend import ChatRtxBackend
 from rtxrelay.backends.chatrtx.settings import ChatRtxTarget
 from rtxrelay.backends.chatrtx.supervisor import SupervisedChatRtx
+from rtxrelay.backends.openai.backend import OpenAiBackend
 from rtxrelay.core.conversation import ConversationService
 from rtxrelay.storage.sqlite_store import SqliteStore
 
 from . import processes
-from .settings import Settings, load_settings
+from .settings import BackendFamily, Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Relay:
     settings: Settings
-    backend: ChatRtxBackend
+    backend: ChatRtxBackend | OpenAiBackend
     store: SqliteStore
     service: ConversationService
     child: SupervisedChatRtx | None = None  # Chat with RTX, when rtxrelay started it
@@ -39,19 +40,21 @@ def backend_session() -> aiohttp.ClientSession:
 
 
 def make_backend(http: aiohttp.ClientSession, settings: Settings,
-                 child: SupervisedChatRtx | None = None) -> ChatRtxBackend:
+                 child: SupervisedChatRtx | None = None) -> ChatRtxBackend | OpenAiBackend:
     """The one place settings become a backend (relay, doctor); raises on bad settings.
     Chat with RTX's address comes from ``child`` when rtxrelay started it (RTX_LAUNCH),
     else from RTX_URL, read again from the settings file after a restart."""
+    if settings.family is BackendFamily.OPENAI:
+        return OpenAiBackend(http, settings.openai)
     if child is not None:
         target = child.target()
         assert target is not None, "a child is handed over once it printed its URL"
         reload: Callable[[], ChatRtxTarget | None] | None = child.target
     else:
-        target = settings.backend.target()
+        target = settings.chatrtx.target()
         reload = _reread_rtx_url(settings.env_file)
     return ChatRtxBackend(http, target.launch, ssl_context=target.ssl_context,
-                          timeouts=settings.backend.timeouts, chat_fn=settings.backend.chat_fn,
+                          timeouts=settings.chatrtx.timeouts, chat_fn=settings.chatrtx.chat_fn,
                           reload=reload)
 
 
@@ -60,16 +63,18 @@ def _reread_rtx_url(env_file: Path | None) -> Callable[[], ChatRtxTarget] | None
     pasting its new launch URL into .env reaches a running rtxrelay."""
     if env_file is None:
         return None
-    return lambda: load_settings(env_file=env_file).backend.target()
+    return lambda: load_settings(env_file=env_file).chatrtx.target()
 
 
 @asynccontextmanager
 async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
     """The store first (a broken database fails before Chat with RTX is started), then
     Chat with RTX's address: RTX_URL, or what the child RTX_LAUNCH starts prints."""
-    chatrtx = settings.backend
-    if chatrtx.launch_command is None:
-        chatrtx.target()  # fails fast on bad settings
+    chatrtx = settings.chatrtx
+    if settings.family is BackendFamily.OPENAI:
+        settings.openai.endpoint()  # fails fast on bad settings
+    elif chatrtx.launch_command is None:
+        chatrtx.target()
     log.info("settings from %s; database %s", settings.env_file or "the environment only",
              settings.database)
     async with contextlib.AsyncExitStack() as stack:
@@ -80,12 +85,21 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
             log.info("marked %d unfinished answer(s) from a previous run as interrupted", recovered)
         http = await stack.enter_async_context(backend_session())
         child: SupervisedChatRtx | None = None
-        if chatrtx.launch_command is not None:
+        if settings.family is BackendFamily.CHATRTX and chatrtx.launch_command is not None:
             log.info("starting Chat with RTX (RTX_LAUNCH); it can take minutes to load")
             child = await stack.enter_async_context(SupervisedChatRtx(
                 chatrtx.launch_command, chatrtx, cwd=chatrtx.launch_dir))
         backend = make_backend(http, settings, child)
-        service = ConversationService(backend, store, settings.limits)
+        limits = settings.limits
+        if isinstance(backend, OpenAiBackend):
+            product = await backend.identify()
+            log.info("backend: %s at %s", product.label, settings.openai.endpoint())
+            if not settings.jobs_set and product.parallel:
+                limits = replace(limits, max_concurrent_jobs=product.parallel)
+            log.info("up to %d answer(s) at once (MAX_CONCURRENT_JOBS%s)",
+                     limits.max_concurrent_jobs,
+                     "" if settings.jobs_set else " unset: the server's own figure or 4")
+        service = ConversationService(backend, store, limits)
         try:
             yield Relay(settings, backend, store, service, child)
         finally:

@@ -36,10 +36,28 @@ class TextSoFar:
 
 
 @dataclass(frozen=True)
+class Throttled:
+    """The backend said "not now" (HTTP 429/503 with Retry-After): the answer is asked again
+    in ``retry_after`` seconds; meanwhile the asker is told it is busy."""
+
+    retry_after: float
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of one answer, as the backend reported them."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
 class Done:
     text: str  # final neutral Markdown (references as file names only)
     raw: str  # the backend's own text, kept to send back as history the way its UI does
     references: tuple[str, ...] = ()
+    usage: Usage | None = None  # when the backend counts tokens
+    history_dropped: bool = False  # the backend left earlier turns out to fit its context
 
 
 @dataclass(frozen=True)
@@ -48,17 +66,19 @@ class Failed:
     partial_text: str = ""
 
 
-BackendUpdate = Queued | Started | TextSoFar | Done | Failed
+BackendUpdate = Queued | Started | Throttled | TextSoFar | Done | Failed
 
 
 @dataclass(frozen=True)
 class BackendInfo:
     """What ``doctor`` reports about a reachable backend."""
 
-    url: str
-    gradio_version: str
-    protocol: str
-    chat_function: str
+    url: str  # safe to print (no cookie, no key)
+    product: str  # "Chat with RTX (gradio 4.26)", "Ollama", "llama.cpp", …
+    protocol: str  # "sse_v3", "openai", …
+    model: str | None = None
+    checks: tuple[str, ...] = ()  # what was verified, one line each
+    parallel: int | None = None  # answers it generates at once, when it tells
 
 
 class Backend(Protocol):

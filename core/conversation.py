@@ -16,7 +16,17 @@ from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 
-from .backend import Backend, BackendUpdate, Done, Exchange, Failed, Queued, Started, TextSoFar
+from .backend import (
+    Backend,
+    BackendUpdate,
+    Done,
+    Exchange,
+    Failed,
+    Queued,
+    Started,
+    TextSoFar,
+    Throttled,
+)
 from .errors import BackendError, BackendErrorKind
 from .job_slots import JobSlots, LineClosed
 from .ratelimit import Rate
@@ -46,7 +56,8 @@ class ConversationLimits:
 
 # -- what the service streams ------------------------------------------------------------------
 # ``Queued`` (the position counts rtxrelay's own line first, then the backend's queue),
-# ``Started`` and ``TextSoFar`` are the backend's own updates, passed on as they are.
+# ``Started``, ``Throttled`` and ``TextSoFar`` are the backend's own updates, passed on as they
+# are.
 
 
 @dataclass(frozen=True)
@@ -75,7 +86,7 @@ class Rejected:
     reason: str  # short, user-facing
 
 
-ReplyUpdate = Accepted | Queued | Started | TextSoFar | Finished | Busy | Rejected
+ReplyUpdate = Accepted | Queued | Started | Throttled | TextSoFar | Finished | Busy | Rejected
 # How often the answer so far is saved while it streams: a crash loses at most this much.
 PARTIAL_SAVE_INTERVAL = 5.0
 
@@ -205,13 +216,15 @@ class ConversationService:
                         saved_at = time.monotonic()
                         await self._store.save_partial(turn_id, valid_text(text))
                     yield item
-                elif isinstance(item, Queued | Started):
+                elif isinstance(item, Queued | Started | Throttled):
                     yield item
                 elif isinstance(item, Done):
-                    final = Finished(item.text, TurnStatus.COMPLETE, None, trimmed)
+                    final = Finished(item.text, TurnStatus.COMPLETE, None,
+                                     trimmed or item.history_dropped)
                     await self._store.finish_turn(turn_id, status=TurnStatus.COMPLETE,
                                                   answer=valid_text(item.text),
-                                                  backend_answer=valid_text(item.raw))
+                                                  backend_answer=valid_text(item.raw),
+                                                  usage=item.usage)
                 elif isinstance(item, Failed):
                     final = Finished(item.partial_text or text, TurnStatus.FAILED, item.error,
                                      trimmed)

@@ -45,9 +45,14 @@ class BackendErrorKind(enum.Enum):
     TLS = "tls"
     NOT_GRADIO = "not_gradio"
     NOT_CHATRTX = "not_chatrtx"
+    NOT_OPENAI = "not_openai"  # the address answers, but not as an OpenAI-compatible server
     UNSUPPORTED_PROTOCOL = "unsupported_protocol"
     SESSION_REJECTED = "session_rejected"
+    AUTH = "auth"  # the server wants a (different) API key
+    NO_MODEL = "no_model"  # the model asked for is not served
     QUEUE_FULL = "queue_full"
+    BUSY = "busy"  # the server said "later" (429/503) for longer than we wait
+    CONTEXT_TOO_LONG = "context_too_long"  # even without history the question does not fit
     TIMEOUT = "timeout"
     STUCK = "stuck"  # stopped responding mid-answer: the line behind it cannot move
     FAILED = "failed"
@@ -57,31 +62,43 @@ class BackendErrorKind(enum.Enum):
 
 
 # What a chat user reads. Deliberately generic: details (URLs, exception text) stay in logs.
+# ``{service}`` is what answers ("Chat with RTX", "Ollama", "the model server").
 _USER_MESSAGES: dict[BackendErrorKind, str] = {
-    BackendErrorKind.BAD_URL: "Chat with RTX is not configured correctly. Ask the operator to check RTX_URL.",
-    BackendErrorKind.UNREACHABLE: "Chat with RTX is not running or not reachable right now. Try again once it is started.",
-    BackendErrorKind.TLS: "Cannot open a secure connection to Chat with RTX. Ask the operator to check the certificate settings.",
+    BackendErrorKind.BAD_URL: "{service} is not configured correctly. Ask the operator to check its address.",
+    BackendErrorKind.UNREACHABLE: "{service} is not running or not reachable right now. Try again once it is started.",
+    BackendErrorKind.TLS: "Cannot open a secure connection to {service}. Ask the operator to check the certificate settings.",
     BackendErrorKind.NOT_GRADIO: "The configured address is not Chat with RTX. Ask the operator to check RTX_URL.",
     BackendErrorKind.NOT_CHATRTX: "The configured address is not Chat with RTX. Ask the operator to check RTX_URL.",
+    BackendErrorKind.NOT_OPENAI: "The configured address is not a model server. Ask the operator to check OPENAI_BASE_URL.",
     BackendErrorKind.UNSUPPORTED_PROTOCOL: "This Chat with RTX version is not supported yet.",
     BackendErrorKind.SESSION_REJECTED: "Chat with RTX refused the session (it was probably restarted). Ask the operator to update RTX_URL.",
-    BackendErrorKind.QUEUE_FULL: "Chat with RTX is too busy right now. Try again in a minute.",
-    BackendErrorKind.TIMEOUT: "Chat with RTX took too long to answer. Try again later.",
-    BackendErrorKind.STUCK: "Chat with RTX stopped responding, so questions cannot be answered right now. The operator has been told to restart it; try again later.",
-    BackendErrorKind.FAILED: "Chat with RTX failed while answering. Try again.",
-    BackendErrorKind.STOPPED: "Chat with RTX stopped while answering (it may have been closed or restarted). Try again once it is back.",
-    BackendErrorKind.PROTOCOL: "Chat with RTX sent something unexpected. Try again.",
+    BackendErrorKind.AUTH: "{service} refused rtxrelay's API key. Ask the operator to check OPENAI_API_KEY.",
+    BackendErrorKind.NO_MODEL: "{service} does not serve the configured model. Ask the operator to check OPENAI_MODEL.",
+    BackendErrorKind.QUEUE_FULL: "{service} is too busy right now. Try again in a minute.",
+    BackendErrorKind.BUSY: "{service} is too busy right now. Try again in a minute.",
+    BackendErrorKind.CONTEXT_TOO_LONG: "The question is too long for the model's context, even without earlier messages. Shorten it and ask again.",
+    BackendErrorKind.TIMEOUT: "{service} took too long to answer. Try again later.",
+    BackendErrorKind.STUCK: "{service} stopped responding, so questions cannot be answered right now. The operator has been told to restart it; try again later.",
+    BackendErrorKind.FAILED: "{service} failed while answering. Try again.",
+    BackendErrorKind.STOPPED: "{service} stopped while answering (it may have been closed or restarted). Try again once it is back.",
+    BackendErrorKind.PROTOCOL: "{service} sent something unexpected. Try again.",
     BackendErrorKind.CANCELLED: "Stopped.",
 }
 
+CHAT_WITH_RTX = "Chat with RTX"
+
 
 class BackendError(RelayError):
-    """Talking to Chat with RTX failed; ``kind`` says how."""
+    """Talking to the backend failed; ``kind`` says how, ``service`` names what failed in
+    words a chat user knows."""
 
-    def __init__(self, kind: BackendErrorKind, message: str, *, hint: str = "") -> None:
+    def __init__(self, kind: BackendErrorKind, message: str, *, hint: str = "",
+                 service: str = CHAT_WITH_RTX) -> None:
         super().__init__(message, hint=hint)
         self.kind = kind
+        self.service = service
 
     @property
     def user_message(self) -> str:
-        return _USER_MESSAGES[self.kind]
+        text = _USER_MESSAGES[self.kind].format(service=self.service)
+        return text[:1].upper() + text[1:]

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from .backend import Usage
+
 
 @dataclass(frozen=True)
 class ConversationKey:
@@ -63,6 +65,7 @@ class Turn:
     backend_answer: str | None
     status: TurnStatus
     created_at: float
+    usage: Usage | None = None  # token counts, when the backend reported them
 
 
 class ConversationStore(Protocol):
@@ -90,7 +93,10 @@ class ConversationStore(Protocol):
         answer: str,
         backend_answer: str | None = None,
         error: str | None = None,
-    ) -> None: ...
+        usage: Usage | None = None,
+    ) -> None:
+        """End a turn; ``usage`` keeps the token counts the backend reported."""
+        ...
 
     async def set_status(self, turn_id: int, status: TurnStatus) -> None: ...
 

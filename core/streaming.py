@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from .admission import Refusal, RefusalReason
-from .backend import Queued, Started, TextSoFar
+from .backend import Queued, Started, TextSoFar, Throttled
 from .conversation import Busy, Finished, Rejected, ReplyUpdate
 from .paging import LengthUnit, Pager, split_pages
 from .ratelimit import SlidingWindowLimiter
@@ -92,14 +92,16 @@ class MessageSink(abc.ABC):
 class ReplyTexts:
     """Everything a bot says about an answer and about a refused question, in one place."""
 
-    starting: str = "⏳ Asking Chat with RTX…"
-    waiting: str = "⏳ #{position} in line — Chat with RTX answers one question at a time…"
+    # Neutral about which backend answers: Chat with RTX, Ollama, a llama.cpp server…
+    starting: str = "⏳ Asking the model…"
+    waiting: str = "⏳ #{position} in line — the model answers one question at a time…"
     thinking: str = "💭 Thinking…"
+    throttled: str = "⏳ The model is busy — trying again in {seconds} s…"
     busy: str = "⏳ Still answering your previous question. Wait for it, or stop it first."
-    empty: str = "(Chat with RTX returned an empty answer.)"
+    empty: str = "(The model returned an empty answer.)"
     stopped: str = "⏹ Stopped."
     failed: str = "⚠️ {error}"
-    trimmed: str = "(Older messages were left out to fit Chat with RTX's context.)"
+    trimmed: str = "(Older messages were left out to fit the model's context.)"
     interrupted: str = "⚠️ Interrupted: rtxrelay was restarted. Ask again."
     not_allowed: str = "Sorry, this bot is private."  # in a private chat
     not_allowed_here: str = "Sorry, you can't use this bot here."  # seen by the asker alone
@@ -223,6 +225,9 @@ class StreamingReply:
                     await self._status(self._profile.texts.waiting.format(position=update.position))
                 elif isinstance(update, Started):
                     await self._status(self._profile.texts.thinking)
+                elif isinstance(update, Throttled):
+                    await self._status(self._profile.texts.throttled.format(
+                        seconds=max(1, round(update.retry_after))))
                 elif isinstance(update, TextSoFar):
                     self._show_later(_Frame(FrameKind.ANSWER, update.text))
                 elif isinstance(update, Finished):

@@ -48,4 +48,9 @@ MIGRATIONS: list[str] = [
     CREATE INDEX messages_by_turn ON messages (turn_id);
     ALTER TABLE turns ADD COLUMN stale INTEGER NOT NULL DEFAULT 0
     """,
+    # 4: token counts per answer, as OpenAI-compatible servers report them.
+    """
+    ALTER TABLE turns ADD COLUMN prompt_tokens INTEGER;
+    ALTER TABLE turns ADD COLUMN completion_tokens INTEGER
+    """,
 ]

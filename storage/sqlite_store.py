@@ -17,12 +17,14 @@ from types import TracebackType
 
 import aiosqlite
 
+from rtxrelay.core.backend import Usage
 from rtxrelay.core.errors import StorageError
 from rtxrelay.core.store import Conversation, MessageRef, StaleAnswer, Turn, TurnStatus
 
 from .migrations import MIGRATIONS
 
-_TURN_COLUMNS = "id, conversation_id, question, answer, backend_answer, status, created_at"
+_TURN_COLUMNS = ("id, conversation_id, question, answer, backend_answer, status, created_at, "
+                 "prompt_tokens, completion_tokens")
 
 
 class SqliteStore:
@@ -109,11 +111,14 @@ class SqliteStore:
         answer: str,
         backend_answer: str | None = None,
         error: str | None = None,
+        usage: Usage | None = None,
     ) -> None:
         await self._write(
             "UPDATE turns SET status = ?, answer = ?, backend_answer = ?, error = ?, "
-            "finished_at = ? WHERE id = ?",
-            (status.value, answer, backend_answer, error, time.time(), turn_id),
+            "finished_at = ?, prompt_tokens = ?, completion_tokens = ? WHERE id = ?",
+            (status.value, answer, backend_answer, error, time.time(),
+             usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None,
+             turn_id),
         )
 
     async def set_status(self, turn_id: int, status: TurnStatus) -> None:
@@ -288,6 +293,8 @@ def _turn(row: sqlite3.Row) -> Turn:
         backend_answer=row[4],
         status=TurnStatus(row[5]),
         created_at=float(row[6]),
+        usage=Usage(int(row[7]), int(row[8])) if row[7] is not None and row[8] is not None
+        else None,
     )
 
 

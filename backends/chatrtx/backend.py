@@ -232,9 +232,10 @@ class ChatRtxBackend:
             self._stalled = False
         return BackendInfo(
             url=self._launch.redacted,
-            gradio_version=app.version,
+            product=f"Chat with RTX (gradio {app.version})",
             protocol=app.protocol,
-            chat_function=chat.label,
+            checks=(f"Chat with RTX reachable (gradio {app.version}, protocol {app.protocol})",
+                    f"chat function found: {chat.label}", "session cookie accepted"),
         )
 
     async def stream_answer(

@@ -20,10 +20,10 @@ from typing import Any
 
 import aiohttp
 
+from rtxrelay.backends.sse import SseParser
 from rtxrelay.core.errors import BackendError, BackendErrorKind
 
 from .gradio_diff import apply_diff
-from .sse import SseParser
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ def test_settings_from_env_file_and_environment(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text('RTX_URL="http://127.0.0.1:5000?cookie=abc"\nHISTORY_TURNS=3\n')
     settings = load_settings({"HISTORY_TURNS": "5"}, env_file)
-    assert settings.backend.launch_url().port == 5000
+    assert settings.chatrtx.launch_url().port == 5000
     assert settings.limits.history_turns == 5  # the real environment wins over .env
     assert settings.env_file == env_file
 
@@ -46,15 +46,15 @@ def test_tls_settings(tmp_path: Path) -> None:
     remote = load_settings({"RTX_URL": "https://192.168.1.5:5000?cookie=a",
                             "RTX_INSECURE_LOCALHOST": "1"}, None)
     with pytest.raises(ConfigError) as excinfo:
-        remote.backend.ssl_context(remote.backend.launch_url())
+        remote.chatrtx.ssl_context(remote.chatrtx.launch_url())
     assert "RTX_CA_FILE" in excinfo.value.hint
     local = load_settings({"RTX_URL": https, "RTX_INSECURE_LOCALHOST": "yes"}, None)
-    assert local.backend.ssl_context(local.backend.launch_url()) is False
+    assert local.chatrtx.ssl_context(local.chatrtx.launch_url()) is False
     missing = load_settings({"RTX_URL": https, "RTX_CA_FILE": str(tmp_path / "nope.pem")}, None)
     with pytest.raises(ConfigError):
-        missing.backend.ssl_context(missing.backend.launch_url())
+        missing.chatrtx.ssl_context(missing.chatrtx.launch_url())
     with pytest.raises(ConfigError) as unset:
-        load_settings({}, None).backend.launch_url()
+        load_settings({}, None).chatrtx.launch_url()
     assert "discover" in unset.value.hint
 
 
@@ -86,15 +86,15 @@ async def test_plain_http_to_another_machine_needs_an_explicit_opt_in(
     remote = {"RTX_URL": "http://192.168.1.5:5000?cookie=a", "RTXRELAY_DB": str(tmp_path / "d")}
     settings = load_settings(remote, None)
     with pytest.raises(ConfigError) as refused:
-        settings.backend.ssl_context(settings.backend.launch_url())
+        settings.chatrtx.ssl_context(settings.chatrtx.launch_url())
     assert "unencrypted" in refused.value.message and "RTX_ALLOW_REMOTE_HTTP" in refused.value.hint
     out = io.StringIO()
     assert await run_doctor(settings, out) == 1
     assert "FIX   RTX_URL: RTX_URL is plain http to another machine" in out.getvalue()
     allowed = load_settings({**remote, "RTX_ALLOW_REMOTE_HTTP": "1"}, None)
-    assert allowed.backend.ssl_context(allowed.backend.launch_url()) is True
+    assert allowed.chatrtx.ssl_context(allowed.chatrtx.launch_url()) is True
     local = load_settings({"RTX_URL": "http://127.0.0.1:5000?cookie=a"}, None)
-    assert local.backend.ssl_context(local.backend.launch_url()) is True
+    assert local.chatrtx.ssl_context(local.chatrtx.launch_url()) is True
     fault()
 
 

@@ -7,7 +7,7 @@ import pytest
 from rtxrelay.backends.chatrtx.answer_html import convert_answer, scrub_paths
 from rtxrelay.backends.chatrtx.gradio_diff import apply_diff
 from rtxrelay.backends.chatrtx.launch_url import parse_launch_url
-from rtxrelay.backends.chatrtx.sse import SseParser
+from rtxrelay.backends.sse import SseParser
 from rtxrelay.core.errors import BackendError, BackendErrorKind
 from tests.replica import fake_model
 

@@ -1,4 +1,4 @@
-"""Incremental Server-Sent Events parser.
+"""Incremental Server-Sent Events parser (Gradio's queue and OpenAI-compatible streams).
 
 Gradio streams ``data: {json}`` events separated by blank lines. We parse bytes ourselves instead
 of ``StreamReader.readline()``: a single ``process_completed`` event carries the whole chat
