@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rtxrelay.core.errors import ConfigError, RelayError
 from rtxrelay.core.store import ConversationKey
@@ -21,7 +22,15 @@ from rtxrelay.core.store import ConversationKey
 from . import log_redaction, terminal
 from .settings import Settings, load_settings, secrets
 
+if TYPE_CHECKING:
+    from rtxrelay.backends.discover import Found
+    from rtxrelay.backends.openai.discover import FoundServer
+
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+BRIDGE_FILE = "rtxrelay_chatrtx_bridge.py"
+# Where model servers listen by default: ChatRTX 0.5's NIM, llama.cpp, the ChatRTX bridge,
+# NVIDIA's trt-llm-as-openai, Ollama, LM Studio.
+USUAL_OPENAI_PORTS = (8000, 8080, 8765, 8081, 11434, 1234)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rtxrelay",
-        description="Reach Chat with RTX from Discord, Telegram and the terminal.",
+        description="Reach Chat with RTX or a local model server from Discord, Telegram and "
+        "the terminal.",
     )
     parser.add_argument("--version", action="version",
                         version=f"rtxrelay {metadata.version('rtxrelay')}")
@@ -91,27 +101,37 @@ def _parser() -> argparse.ArgumentParser:
                               epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
 
     ask = command("ask", "ask one question and stream the answer", _epilog(
-        "RTX_URL (or RTX_LAUNCH)", "the answer on stdout as it grows; its place in line and "
-        "errors on stderr", "0 answered, 1 not answered (Chat with RTX down, stopped, …)"))
+        "RTX_URL (or RTX_LAUNCH), or OPENAI_BASE_URL", "the answer on stdout as it grows; its "
+        "place in line and errors on stderr",
+        "0 answered, 1 not answered (the backend down, stopped, …)"))
     ask.add_argument("question", nargs="+")
     ask.set_defaults(handler=_cmd_ask)
     chat = command("chat", "chat with history (reads stdin when it is not a terminal)", _epilog(
-        "RTX_URL (or RTX_LAUNCH)", "each answer on stdout; prompts and errors on stderr. "
-        "Ctrl+C stops an answer; at the prompt, /quit, Ctrl+C or end of input leaves",
+        "RTX_URL (or RTX_LAUNCH), or OPENAI_BASE_URL", "each answer on stdout; prompts and "
+        "errors on stderr. Ctrl+C stops an answer; at the prompt, /quit, Ctrl+C or end of "
+        "input leaves",
         "0 every answer came, 1 one did not, 130 left with Ctrl+C"))
     chat.add_argument("--new", action="store_true", help="start a fresh conversation")
     chat.set_defaults(handler=_cmd_chat)
-    doctor = command("doctor", "check settings, Chat with RTX and the database", _epilog(
+    doctor = command("doctor", "check settings, the backend and the database", _epilog(
         "none (it checks them)", "one line per check: OK, FIX (with what to do) or --",
         "0 all good, 1 something to fix"))
     doctor.set_defaults(handler=_cmd_doctor)
-    discover = command("discover", "find a running Chat with RTX on this PC", _epilog(
-        "none", "each Gradio app found, the most likely Chat with RTX and why, and the RTX_URL "
-        "to set", "0 found one, 1 none"))
+    discover = command("discover", "find Chat with RTX and OpenAI-compatible servers (ChatRTX "
+                       "0.5's model, Ollama, LM Studio, llama.cpp) running on this PC", _epilog(
+        "none", "each Gradio app and model server found, the most likely Chat with RTX and why, "
+        "and the RTX_URL or OPENAI_BASE_URL line to set", "0 found one, 1 none"))
     discover.add_argument("--ports", help="ports to probe, e.g. 7860,8000-8100")
     discover.set_defaults(handler=_cmd_discover)
+    bridge = command("chatrtx-bridge", "write the bridge that serves ChatRTX 0.4/0.5's own "
+                     "models (no NIM) as an OpenAI-compatible API", _epilog(
+        "none", "the file written and the command that runs it with ChatRTX's Python",
+        "0 written, 2 the file cannot be written"))
+    bridge.add_argument("--write", metavar="PATH", required=True,
+                        help="where to write rtxrelay_chatrtx_bridge.py (a file or a folder)")
+    bridge.set_defaults(handler=_cmd_chatrtx_bridge)
     run = command("run", "start the configured Telegram and Discord bots", _epilog(
-        "RTX_URL (or RTX_LAUNCH) and TELEGRAM_TOKEN and/or DISCORD_TOKEN",
+        "RTX_URL (or RTX_LAUNCH, or OPENAI_BASE_URL) and TELEGRAM_TOKEN and/or DISCORD_TOKEN",
         "its log on stderr (and LOG_FILE); Ctrl+C, SIGTERM or Ctrl+Break stop it cleanly",
         "0 stopped on request, 1 a bot could not run (the log says which setting to fix), "
         "2 settings to fix, 130 Ctrl+C"))
@@ -178,10 +198,20 @@ def _cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_discover(settings: Settings, args: argparse.Namespace) -> int:
-    from rtxrelay.backends.discover import discover
+    from rtxrelay.backends.discover import discover, listening_loopback_ports
+    from rtxrelay.backends.openai.discover import discover_openai
 
-    ports = _parse_ports(args.ports) if args.ports else None
-    found = asyncio.run(discover(ports))
+    ports = _parse_ports(args.ports) if args.ports else listening_loopback_ports()
+
+    async def both() -> tuple[list[Found], list[FoundServer]]:
+        # Model servers listen on sockets the OS lists; without that list, only their
+        # usual ports are worth a try (a 48,000-port sweep is for Chat with RTX's random one).
+        servers = ports if ports is not None else list(USUAL_OPENAI_PORTS)
+        return await asyncio.gather(discover(ports), discover_openai(servers))
+
+    found, servers = asyncio.run(both())
+    for server in servers:
+        print(f"OpenAI-compatible: {server.base_url}  ({server.summary})")
     chatrtx = [f for f in found if f.is_chatrtx]
     for item in found:
         label = "Chat with RTX" if item.is_chatrtx else "other Gradio app"
@@ -189,10 +219,18 @@ def _cmd_discover(settings: Settings, args: argparse.Namespace) -> int:
             f"{label}: {item.base_url}  (gradio {item.gradio_version}, {item.protocol}, "
             f"{item.detail})"
         )
+    if servers:
+        print(f"\nSet OPENAI_BASE_URL={servers[0].base_url}" + (
+            " (and OPENAI_API_KEY)" if servers[0].needs_key else "")
+            + ("" if not chatrtx else "  — or RTX_URL for Chat with RTX, below; not both"))
     if not chatrtx:
+        if servers:
+            return EXIT_OK
         print(
-            "No Chat with RTX found. Is it running? (It prints 'Open http…?cookie=… in "
-            "browser' when ready.)",
+            "Nothing found. Is Chat with RTX or a model server running? (Chat with RTX prints "
+            "'Open http…?cookie=… in browser' when ready; ChatRTX 0.5 serves its model on "
+            "port 8000 only while the app runs; Ollama listens on 11434, LM Studio on 1234 "
+            "once its server is started.)",
             file=sys.stderr,
         )
         return EXIT_FAILED
@@ -205,6 +243,27 @@ def _cmd_discover(settings: Settings, args: argparse.Namespace) -> int:
             "It serves https with its own certificate: also set RTX_INSECURE_LOCALHOST=1 "
             "(or RTX_CA_FILE)."
         )
+    return EXIT_OK
+
+
+def _cmd_chatrtx_bridge(settings: Settings, args: argparse.Namespace) -> int:
+    from importlib import resources
+
+    target = Path(args.write)
+    if target.is_dir():
+        target = target / BRIDGE_FILE
+    source = resources.files("rtxrelay.backends.chatrtx").joinpath("bridge.py").read_bytes()
+    try:
+        target.write_bytes(source)
+    except OSError as exc:
+        raise ConfigError(f"Cannot write {target}: {exc.strerror}.",
+                          hint="Pick a folder you can write to.") from None
+    print(f"Wrote {target}.\n\nRun it with ChatRTX's own Python, with the ChatRTX app closed "
+          "(both would load the model into the GPU):\n"
+          f'  "%ProgramFiles%\\NVIDIA Corporation\\ChatRTX\\env_nvd_rag\\Scripts\\python.exe" '
+          f'"{target}"\n\n'
+          "then set OPENAI_BASE_URL=http://127.0.0.1:8765/v1 in rtxrelay's .env. "
+          f"`python {target.name} --help` lists its options.")
     return EXIT_OK
 
 

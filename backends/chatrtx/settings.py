@@ -56,7 +56,8 @@ class ChatRtxSettings:
                 "RTX_URL is not set.",
                 hint="Start Chat with RTX, copy the 'http://127.0.0.1:PORT?cookie=…' URL it "
                 "prints into RTX_URL (in .env or the environment). `rtxrelay discover` finds "
-                "the port.",
+                "the port. For ChatRTX 0.5's model, Ollama, LM Studio or llama.cpp set "
+                "OPENAI_BASE_URL instead.",
             )
         return parse_launch_url(self.url)
 

@@ -221,6 +221,8 @@ class OpenAiBackend:
             models = await self._client.models()
         except BackendError:
             return error
+        if not models:
+            return error  # already says how to load one
         listed = ", ".join(models[:20]) or "none"
         return BackendError(
             BackendErrorKind.NO_MODEL, f"{error.message} The server has: {listed}.",

@@ -70,8 +70,10 @@ class OpenAiClient:
     async def models(self) -> list[str]:
         """The ids ``GET /v1/models`` lists, in its order."""
         body = await self.get_json(f"{self.endpoint.base}/models")
-        data = body.get("data") if isinstance(body, dict) else None
-        if not isinstance(data, list):
+        data = body.get("data", ()) if isinstance(body, dict) else None
+        if data is None:  # Ollama with nothing pulled yet
+            return []
+        if not isinstance(data, list | tuple):
             raise self._error(BackendErrorKind.NOT_OPENAI,
                               f"{self.endpoint}/models did not list models.")
         return [str(m["id"]) for m in data if isinstance(m, dict) and m.get("id")]
@@ -94,9 +96,11 @@ class OpenAiClient:
         if text is None:
             return None
         try:
-            return json.loads(text)
+            found = json.loads(text)
         except ValueError:
             return None
+        # LM Studio answers unknown paths with 200 {"error": "Unexpected endpoint …"}.
+        return None if isinstance(found, dict) and "error" in found else found
 
     async def peek_text(self, url: str) -> str | None:
         try:
