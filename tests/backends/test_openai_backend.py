@@ -235,7 +235,7 @@ async def test_a_server_that_refuses_stream_options_is_asked_without(
     assert any("token counts are not kept" in r.getMessage() for r in caplog.records)
 
 
-def _closed_port(port: int | None = None) -> int | None:
+def closed_port(port: int | None = None) -> int | None:
     """A loopback port nothing listens on (``port`` if it is free, else a fresh one)."""
     with socket.socket() as sock:
         try:
@@ -247,7 +247,7 @@ def _closed_port(port: int | None = None) -> int | None:
 
 async def test_a_server_that_is_down_names_the_url_and_the_setting(
         http: aiohttp.ClientSession) -> None:
-    port = _closed_port()
+    port = closed_port()
     backend = OpenAiBackend(http, OpenAiSettings(f"http://127.0.0.1:{port}/v1"))
     [failed] = await answer(backend)
     assert isinstance(failed, Failed) and failed.error.kind is BackendErrorKind.UNREACHABLE
@@ -257,7 +257,7 @@ async def test_a_server_that_is_down_names_the_url_and_the_setting(
 
 async def test_chatrtx_nim_down_says_chatrtx_must_have_it_loaded(
         http: aiohttp.ClientSession) -> None:
-    if _closed_port(8000) is None:
+    if closed_port(8000) is None:
         pytest.skip("something listens on port 8000 here")
     backend = OpenAiBackend(http, OpenAiSettings("http://localhost:8000/v1"))
     [failed] = await answer(backend)

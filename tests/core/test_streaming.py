@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from rtxrelay.core.backend import Queued, Started, TextSoFar
+from rtxrelay.core.backend import Queued, Started, TextSoFar, Throttled
 from rtxrelay.core.conversation import Busy, Finished, ReplyUpdate
 from rtxrelay.core.errors import BackendError, BackendErrorKind
 from rtxrelay.core.paging import LengthUnit, text_length
@@ -271,3 +271,24 @@ async def test_final_pages_wait_for_the_bot_wide_budget_only_where_it_applies(
         assert landed_at == 0  # counted, never held
     else:
         assert landed_at >= 60  # held until the platform's limit has room
+
+
+async def test_a_busy_backend_shows_when_it_is_asked_again() -> None:
+    """An OpenAI-compatible server's 429/503: the asker sees it is busy, then the answer."""
+    clock = VirtualClock()
+    sink = RecordingSink(clock)
+
+    async def updates() -> AsyncIterator[ReplyUpdate]:
+        yield Throttled(2.4)
+        await clock.sleep(2.4)
+        yield Started()
+        await clock.sleep(1.0)
+        yield TextSoFar("Fine.", "Fine.")
+        await clock.sleep(1.0)
+        yield Finished("Fine.", TurnStatus.COMPLETE)
+
+    outcome = await run(sink, updates())
+    shown = [entry[3] for entry in sink.log]
+    assert "⏳ The model is busy — trying again in 2 s…" in shown
+    assert shown.index("⏳ The model is busy — trying again in 2 s…") < shown.index("💭 Thinking…")
+    assert sink.messages[1] == "Fine." and outcome.status is ReplyStatus.COMPLETE
