@@ -132,6 +132,8 @@ class OpenAiBackend:
                 continue
             except BackendError as exc:
                 if exc.kind is BackendErrorKind.NO_MODEL:
+                    if self._settings.model is None:
+                        self._model = None  # the server changed models: pick again next time
                     exc = await self._explain_missing_model(exc)
                 yield Failed(exc, attempt.text)
                 return
@@ -147,6 +149,10 @@ class OpenAiBackend:
                                  "stream": True}
         if self._usage_option:
             body["stream_options"] = {"include_usage": True}
+        if self._settings.temperature is not None:
+            body["temperature"] = self._settings.temperature
+        if self._settings.max_tokens is not None:
+            body["max_tokens"] = self._settings.max_tokens
         splitter = ThinkSplitter()
         started = False
         try:

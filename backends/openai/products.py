@@ -83,9 +83,12 @@ async def identify(client: OpenAiClient, models: list[str] | None = None) -> Pro
     if "vllm" in owners:
         return Product(ProductKind.VLLM, _field(await client.peek_json(f"{root}/version"),
                                                 "version"))
-    if "me" in owners and "llama-cpp" in (await client.peek_text(f"{root}/docs") or ""):
-        # llama-cpp-python's server (FastAPI) answers one request at a time.
-        return Product(ProductKind.LLAMA_CPP_PYTHON, parallel=1)
+    if "me" in owners:
+        # llama-cpp-python's server (FastAPI, "🦙 llama.cpp Python API") answers one request
+        # at a time.
+        info = _field(await client.peek_json(f"{root}/openapi.json"), "info")
+        if info is not None and "llama.cpp" in info:
+            return Product(ProductKind.LLAMA_CPP_PYTHON, parallel=1)
     return Product(ProductKind.GENERIC)
 
 

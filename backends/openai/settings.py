@@ -66,6 +66,8 @@ class OpenAiSettings:
     timeouts: OpenAiTimeouts = OpenAiTimeouts()
     allow_remote_http: bool = False  # OPENAI_ALLOW_REMOTE_HTTP: the key may cross a network
     busy_wait: float = 60.0  # OPENAI_BUSY_WAIT: how long to honour Retry-After in all
+    temperature: float | None = None  # OPENAI_TEMPERATURE; None: the server's default
+    max_tokens: int | None = None  # OPENAI_MAX_TOKENS: a cap on each answer's length
 
     @classmethod
     def from_env(cls, env: Env) -> OpenAiSettings:
@@ -82,6 +84,8 @@ class OpenAiSettings:
             ),
             allow_remote_http=env.bool("OPENAI_ALLOW_REMOTE_HTTP", False),
             busy_wait=env.seconds("OPENAI_BUSY_WAIT", 60.0),
+            temperature=_temperature(env),
+            max_tokens=env.int("OPENAI_MAX_TOKENS", 0, minimum=0, maximum=1_000_000) or None,
         )
 
     def endpoint(self) -> OpenAiEndpoint:
@@ -103,6 +107,21 @@ class OpenAiSettings:
                 "is yours and trusted, set OPENAI_ALLOW_REMOTE_HTTP=1.",
             )
         return endpoint
+
+
+def _temperature(env: Env) -> float | None:
+    raw = env.str("OPENAI_TEMPERATURE")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 2.0:
+        raise ConfigError(f"OPENAI_TEMPERATURE={raw!r} is not a temperature.",
+                          setting="OPENAI_TEMPERATURE",
+                          hint="Use a number from 0 (always the likeliest words) to 2.")
+    return value
 
 
 def parse_base_url(raw: str) -> OpenAiEndpoint:
