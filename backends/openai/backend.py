@@ -156,20 +156,30 @@ class OpenAiBackend:
         splitter = ThinkSplitter()
         started = False
         try:
-            async for chunk in self._client.stream_chat(body):
+            async for chunks in self._client.stream_chat(body):
                 if not started:
                     started = True
                     yield Started()
-                if chunk.usage is not None:
-                    attempt.usage = chunk.usage
-                if chunk.finish_reason:
-                    attempt.finish_reason = chunk.finish_reason
-                attempt.reasoning_chars += len(chunk.reasoning)
-                if chunk.content:
-                    update = self._add(attempt, splitter.feed(chunk.content))
-                    if update is not None:
-                        yield update
-            update = self._add(attempt, splitter.finish())
+                pieces: list[str] = []  # this read's new text: joined once, one update per read
+                retracted = False
+                for chunk in chunks:
+                    if chunk.usage is not None:
+                        attempt.usage = chunk.usage
+                    if chunk.finish_reason:
+                        attempt.finish_reason = chunk.finish_reason
+                    attempt.reasoning_chars += len(chunk.reasoning)
+                    if chunk.content:
+                        split = splitter.feed(chunk.content)
+                        if split.retracted:
+                            attempt.text, pieces, retracted = "", [], True
+                        self._keep(attempt, split, pieces)
+                update = self._grow(attempt, pieces, retracted)
+                if update is not None:
+                    yield update
+            split = splitter.finish()
+            pieces = []
+            self._keep(attempt, split, pieces)
+            update = self._grow(attempt, pieces, False)
             if update is not None:
                 yield update
         except BackendError as exc:
@@ -184,15 +194,21 @@ class OpenAiBackend:
             raise
 
     @staticmethod
-    def _add(attempt: _Attempt, split: Split) -> TextSoFar | None:
+    def _keep(attempt: _Attempt, split: Split, pieces: list[str]) -> None:
         attempt.reasoning_chars += len(split.reasoning)
-        if split.retracted:
-            attempt.text = ""
-        piece = split.answer if attempt.text else split.answer.lstrip()
-        if not piece and not split.retracted:
+        # An answer starts at its first visible character (models open with blank lines).
+        piece = split.answer if attempt.text or pieces else split.answer.lstrip()
+        if piece:
+            pieces.append(piece)
+
+    @staticmethod
+    def _grow(attempt: _Attempt, pieces: list[str], retracted: bool) -> TextSoFar | None:
+        if not pieces and not retracted:
             return None
-        attempt.text += piece
-        return TextSoFar(attempt.text, "" if split.retracted else piece)
+        delta = "".join(pieces)
+        attempt.text += delta
+        # After a retraction earlier text changed: the delta alone would not rebuild it.
+        return TextSoFar(attempt.text, "" if retracted else delta)
 
     def _messages(self, question: str, history: Sequence[Exchange]) -> list[dict[str, str]]:
         messages: list[dict[str, str]] = []

@@ -121,8 +121,9 @@ class OpenAiClient:
                 raise await self._status_error(response)
             return await response.json(content_type=None)
 
-    async def stream_chat(self, body: Mapping[str, Json]) -> AsyncGenerator[Chunk, None]:
-        """POST a streamed completion and yield its chunks until ``[DONE]``. Closing the
+    async def stream_chat(self, body: Mapping[str, Json]) -> AsyncGenerator[list[Chunk], None]:
+        """POST a streamed completion and yield its chunks, those of one read together (a
+        reader then updates once per read, not once per token), until ``[DONE]``. Closing the
         generator early closes the connection: the servers stop generating when the client
         hangs up (that is how a question is cancelled)."""
         loop = asyncio.get_running_loop()
@@ -153,13 +154,20 @@ class OpenAiClient:
                             BackendErrorKind.STOPPED,
                             f"{self.service} closed the answer stream before it ended.",
                             hint="The server may have been stopped or restarted.")
-                    for event in parser.feed(data):
-                        if event.strip() == "[DONE]":
-                            return
-                        chunk = self._chunk(event)
-                        if chunk is not None:
+                    chunks: list[Chunk] = []
+                    try:
+                        for event in parser.feed(data):
+                            if event.strip() == "[DONE]":
+                                return
+                            chunk = self._chunk(event)
+                            if chunk is not None:
+                                chunks.append(chunk)
+                    finally:
+                        # Whatever ends the read (the end, an error event later in it), the
+                        # text before it is passed on first.
+                        if chunks:
                             first = False
-                            yield chunk
+                            yield chunks
             finally:
                 # A stream left early must not go back to the pool half read: closing the
                 # connection is what tells the server to stop generating.

@@ -38,7 +38,9 @@ class ThinkSplitter:
     def __init__(self) -> None:
         self._state = _State.START
         self._held = ""  # text that may be the start of a tag
-        self._answer_so_far = ""  # kept until a block can no longer close (retraction)
+        # The answer so far, kept in parts (joined only on a retraction: no copy of the whole
+        # answer per chunk) until a block can no longer close.
+        self._answer_parts: list[str] = []
         self._closed = False  # a block was seen and closed: later tags are text
         self._tail = ""  # the answer's last characters, to see an opening tag across chunks
         self._after_block = False  # whitespace right after a block is not part of the answer
@@ -79,15 +81,22 @@ class ThinkSplitter:
         return Split(reasoning=text[:len(text) - keep])
 
     def _answer(self, text: str) -> Split:
+        if self._closed and not self._after_block:
+            return Split(answer=text)  # the common case, once a block is behind
+        if not self._closed and "<" not in text and "<" not in self._tail:  # no tag here
+            if text:
+                self._tail = ""
+                self._answer_parts.append(text)
+            return Split(answer=text)
         if not self._closed and OPEN in self._tail + text[:text.find(CLOSE) % (len(text) + 1)]:
             self._closed = True  # the answer talks about the tags: they are text
-            self._answer_so_far = ""
+            self._answer_parts = []
         if not self._closed:
             end = text.find(CLOSE)
             if end >= 0:
                 # Opened in the prompt: all of it so far was reasoning.
                 self._closed, self._after_block = True, True
-                earlier, self._answer_so_far = self._answer_so_far, ""
+                earlier, self._answer_parts = "".join(self._answer_parts), []
                 rest = self._answer(text[end + len(CLOSE):]).answer
                 return Split(reasoning=earlier + text[:end], answer=rest,
                              retracted=bool(earlier))
@@ -99,7 +108,7 @@ class ThinkSplitter:
             self._after_block = not text
         if text:
             if not self._closed:
-                self._answer_so_far += text
+                self._answer_parts.append(text)
             self._tail = (self._tail + text)[-(len(OPEN) - 1):]
         return Split(answer=text)
 

@@ -71,12 +71,25 @@ async def test_an_answer_streams_and_ends_with_its_token_counts(
         request = fake.chat_requests[-1]
     assert isinstance(updates[0], Started)
     shown = texts(updates)
-    assert shown[-1] == "The answer is 42." and len(shown) >= 2
+    assert shown[-1] == "The answer is 42."
+    assert "".join(u.delta for u in updates if isinstance(u, TextSoFar)) == shown[-1]
     assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(shown))
     assert updates[-1] == Done("The answer is 42.", "The answer is 42.", usage=Usage(12, 4))
     body = request.json
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
     assert body["model"] == "smol"  # the first the server lists, as OPENAI_MODEL is unset
+
+
+async def test_text_grows_read_by_read_and_an_error_later_in_a_read_keeps_it(
+        http: aiohttp.ClientSession) -> None:
+    """One update per read (not per token); an error event after text in the same read
+    still passes that text on before the failure."""
+    async with FakeOpenAI(persona=Persona.VLLM, models=("m",)) as fake:
+        fake.script(Reply(["a", "b", "c", "d"], error_after=3))  # one read: 3 pieces + error
+        updates = await answer(backend_for(http, fake))
+    shown = texts(updates)
+    failed = updates[-1]
+    assert shown[-1] == "abc" and isinstance(failed, Failed) and failed.partial_text == "abc"
 
 
 async def test_history_and_system_prompt_go_as_messages(http: aiohttp.ClientSession) -> None:

@@ -48,6 +48,7 @@ def test_think_blocks_are_split_off(text: str, reasoning: str, answer: str) -> N
 @given(st.lists(st.integers(min_value=0, max_value=200), max_size=12))
 def test_any_chunking_gives_the_same_split(points: list[int]) -> None:
     for text in ("<think>a < b, so </thi not yet</think>\n\nDone <b>.",
+                 "Mention <think> then </think> in text.",
                  "plain answer with < and </ signs", "reason</think>answer"):
         assert run(cuts(text, points)) == run([text])
 
