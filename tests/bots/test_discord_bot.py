@@ -21,8 +21,11 @@ import pytest
 from rtxrelay.backends.chatrtx.answer_html import convert_answer
 from rtxrelay.backends.chatrtx.backend import ChatRtxBackend
 from rtxrelay.backends.chatrtx.launch_url import parse_launch_url
+from rtxrelay.backends.openai.backend import OpenAiBackend
+from rtxrelay.backends.openai.settings import OpenAiSettings
 from rtxrelay.bots import discord_bot
 from rtxrelay.bots.discord_bot import DiscordBot, DiscordSettings, DiscordSink
+from rtxrelay.core.backend import Backend, Done
 from rtxrelay.core.conversation import DEFAULT_USER_RATE, ConversationLimits, ConversationService
 from rtxrelay.core.errors import ConfigError
 from rtxrelay.core.ratelimit import Rate
@@ -30,6 +33,7 @@ from rtxrelay.core.store import MessageRef, TurnStatus
 from rtxrelay.storage.sqlite_store import SqliteStore
 from tests.fakes.discord_api import FakeDiscord, StoredMessage, point_discord_py_at
 from tests.fakes.discord_payloads import FLAG_EPHEMERAL
+from tests.llama.server import LlamaServer
 from tests.replica import fake_model
 from tests.replica.launcher import Replica, free_port
 
@@ -93,7 +97,9 @@ async def make_rig(rtx_426: Replica, tmp_path: Path,
     async def make(*, url: str | None = None, fake_options: dict[str, Any] | None = None,
                    wait_ready: bool = True,
                    configure: Callable[[FakeDiscord], dict[str, Any]] | None = None,
-                   user_rate: Rate | None = None, **settings: Any) -> Rig:
+                   user_rate: Rate | None = None,
+                   backend: Callable[[aiohttp.ClientSession], Backend] | None = None,
+                   **settings: Any) -> Rig:
         clock = SkewClock()
         fake = FakeDiscord(**{"token": TOKEN, "clock": clock, **(fake_options or {})})
         await fake.__aenter__()
@@ -102,9 +108,11 @@ async def make_rig(rtx_426: Replica, tmp_path: Path,
         point_discord_py_at(fake, monkeypatch)
         store = SqliteStore(tmp_path / f"relay{len(rigs)}.db")
         await store.open()
-        backend = ChatRtxBackend(http, parse_launch_url(url or rtx_426.url))
         limits = ConversationLimits(user_rate=user_rate or DEFAULT_USER_RATE)
-        service = ConversationService(backend, store, limits)
+        service = ConversationService(
+            backend(http) if backend
+            else ChatRtxBackend(http, parse_launch_url(url or rtx_426.url)),
+            store, limits)
         bot = DiscordBot(service, DiscordSettings(token=TOKEN, **settings), clock=clock,
                          client_options={"guild_ready_timeout": 0.05})
 
@@ -556,3 +564,21 @@ async def test_a_stale_answer_from_a_crash_is_told_at_the_next_start(fault,
     assert button_ids(told) == []
     assert await rig.store.stale_answers("discord") == []
     fault(kept=1, stale=0)
+
+
+async def test_a_real_model_answers_in_discord(make_rig, llama: LlamaServer) -> None:
+    """End to end on the real llama.cpp server: /ask streams SmolLM2's answer into the
+    interaction's response, the same words as a direct question (greedy decoding)."""
+    settings = OpenAiSettings(llama.base_url, temperature=0.0)
+    rig: Rig = await make_rig(backend=lambda http: OpenAiBackend(http, settings))
+    question = "Name three animals."
+    async with aiohttp.ClientSession() as http:
+        direct = [u async for u in OpenAiBackend(http, settings).stream_answer(
+            question, (), session="s")][-1]
+    assert isinstance(direct, Done) and direct.text
+    interaction = await rig.fake.dispatch_slash_command("ask", {"question": question})
+    await interaction.wait_acked(timeout=10)
+    words = re.findall(r"\w+", direct.text)
+    await rig.wait(lambda: re.findall(r"\w+", rig.text_in("general")) == words, timeout=60)
+    await rig.settled(timeout=60)
+    assert_no_pings(rig.fake)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,13 +15,17 @@ import pytest
 from rtxrelay.backends.chatrtx.answer_html import convert_answer
 from rtxrelay.backends.chatrtx.backend import ChatRtxBackend
 from rtxrelay.backends.chatrtx.launch_url import parse_launch_url
+from rtxrelay.backends.openai.backend import OpenAiBackend
+from rtxrelay.backends.openai.settings import OpenAiSettings
 from rtxrelay.bots.telegram_bot import TelegramBot, TelegramSettings
 from rtxrelay.bots.telegram_polling import PollWatch
+from rtxrelay.core.backend import Backend, Done
 from rtxrelay.core.conversation import ConversationService
 from rtxrelay.core.errors import ConfigError
 from rtxrelay.core.store import TurnStatus
 from rtxrelay.storage.sqlite_store import SqliteStore
 from tests.fakes.telegram_api import FakeTelegram
+from tests.llama.server import LlamaServer
 from tests.replica import fake_model
 from tests.replica.launcher import Replica, free_port
 from tests.support.virtual_clock import VirtualClock
@@ -50,14 +55,20 @@ async def make_rig(rtx_426: Replica, tmp_path: Path) -> AsyncIterator[object]:
     http = aiohttp.ClientSession()
 
     async def make(*, url: str | None = None, per_chat_rate: tuple[int, float] | None = None,
-                   poll_watch: PollWatch | None = None, **settings: object) -> Rig:
+                   poll_watch: PollWatch | None = None,
+                   backend: Callable[[aiohttp.ClientSession], Backend] | None = None,
+                   **settings: object) -> Rig:
+        """``backend``: another backend than the Chat with RTX replica (made on the rig's
+        HTTP session)."""
         clock = VirtualClock(1_000.0)
         fake = FakeTelegram(per_chat_rate=per_chat_rate, clock=clock)
         await fake.__aenter__()
         store = SqliteStore(tmp_path / f"relay{len(stack)}.db")
         await store.open()
-        backend = ChatRtxBackend(http, parse_launch_url(url or rtx_426.url))
-        service = ConversationService(backend, store)
+        service = ConversationService(
+            backend(http) if backend
+            else ChatRtxBackend(http, parse_launch_url(url or rtx_426.url)),
+            store)
         config = TelegramSettings(token=fake.token, api_base_url=fake.base_url, **settings)
         bot = TelegramBot(service, config, clock=clock, sleep=clock.sleep, poll_watch=poll_watch)
         stop = asyncio.Event()
@@ -313,3 +324,23 @@ async def test_a_second_bot_on_the_same_token_steps_back_and_the_first_goes_on(f
     rig.fake.inject_private_text(user, "are you still mine?")
     await final_text(rig.fake, user["id"], expected("are you still mine?")[-30:])
     fault(kept=1)
+
+
+async def test_a_real_model_answers_in_telegram(make_rig, llama: LlamaServer) -> None:
+    """End to end on the real llama.cpp server: the bot streams SmolLM2's answer into a
+    private chat and lands exactly what the model says (greedy, so the same words as a
+    direct question)."""
+    settings = OpenAiSettings(llama.base_url, temperature=0.0)
+    rig: Rig = await make_rig(backend=lambda http: OpenAiBackend(http, settings))
+    question = "Name three colors."
+    async with aiohttp.ClientSession() as http:
+        direct = [u async for u in OpenAiBackend(http, settings).stream_answer(
+            question, (), session="s")][-1]
+    assert isinstance(direct, Done) and direct.text
+    user = rig.fake.make_user("Grace")
+    rig.fake.inject_private_text(user, question)
+    words = re.findall(r"\w+", direct.text)
+    await rig.fake.wait_until(
+        lambda: re.findall(r"\w+", rig.fake.chat_text(user["id"])) == words, timeout=60)
+    await rig.settled(timeout=60)
+    assert rig.fake.drafts, "it streamed"
