@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import pytest_asyncio
 
-from tests.llama.server import LlamaServer
+# The real llama.cpp server (SmolLM2), one for the whole run: `llama`.
+from tests.llama.fixtures import llama  # noqa: F401
 from tests.replica.launcher import Replica
 from tests.replica.variants import VARIANTS
 from tests.support.faults import REPORT, FaultRow
@@ -85,13 +86,3 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         for line in REPORT.table():
             terminalreporter.write_line(line)
 
-
-# -- the real OpenAI-compatible server (tests/llama) ---------------------------------------------
-
-
-@pytest_asyncio.fixture(scope="session")
-async def llama() -> AsyncIterator[LlamaServer]:
-    """llama.cpp's server (llama-cpp-python) with SmolLM2-135M; its venv is built on first use
-    (minutes: `python tests/llama/env.py` prebuilds it, as .ci/run does)."""
-    async with LlamaServer() as server:
-        yield server

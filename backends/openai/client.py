@@ -108,7 +108,14 @@ class OpenAiClient:
                                       timeout=self._short_timeout()) as response:
                 if response.status != 200:
                     return None
-                return (await response.content.read(_MAX_PEEK_BYTES)).decode("utf-8", "replace")
+                # read(n) returns what has arrived, up to n: read until the end (or the cap).
+                data = bytearray()
+                while len(data) < _MAX_PEEK_BYTES:
+                    part = await response.content.read(_MAX_PEEK_BYTES - len(data))
+                    if not part:
+                        break
+                    data += part
+                return data.decode("utf-8", "replace")
         except (aiohttp.ClientError, TimeoutError, OSError):
             return None
 

@@ -52,7 +52,8 @@ async def test_history_reaches_the_model(llama: LlamaServer, http: aiohttp.Clien
     """Turn two's prompt holds turn one: the server counts more prompt tokens, and the model
     can use what it was told (a tiny model does repeat a name back)."""
     async with SqliteStore(tmp_path / "h.db") as store:
-        service = ConversationService(OpenAiBackend(http, OpenAiSettings(llama.base_url, temperature=0.0)), store)
+        settings = OpenAiSettings(llama.base_url, temperature=0.0)
+        service = ConversationService(OpenAiBackend(http, settings), store)
         key = ConversationKey("test", "chat", "ada")
         first = [u async for u in service.ask(key, "Hello! My name is Ada Lovelace.")]
         second = [u async for u in service.ask(key, "What is my name?")]
