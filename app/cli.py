@@ -136,6 +136,15 @@ def _parser() -> argparse.ArgumentParser:
         "0 stopped on request, 1 a bot could not run (the log says which setting to fix), "
         "2 settings to fix, 130 Ctrl+C"))
     run.set_defaults(handler=_cmd_run)
+    serve = command("serve", "serve the backend as an OpenAI-compatible API (for Open WebUI, "
+                    "SillyTavern, Continue, scripts)", _epilog(
+        "RTX_URL (or RTX_LAUNCH), or OPENAI_BASE_URL; RTXRELAY_API_KEY to listen beyond "
+        "this PC", "the address it serves at, then one log line per request on stderr; "
+        "Ctrl+C, SIGTERM or Ctrl+Break stop it", "0 stopped on request, 2 settings to fix"))
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1, or "
+                       "RTXRELAY_API_HOST); another than this PC's needs RTXRELAY_API_KEY")
+    serve.add_argument("--port", type=int, help="port (default 8642, or RTXRELAY_API_PORT)")
+    serve.set_defaults(handler=_cmd_serve)
     service = command("service", "start `rtxrelay run` with the computer (Windows: a Task "
                       "Scheduler task at logon; Linux: a systemd user unit; macOS: a launchd "
                       "agent), restarted if it fails", _epilog(
@@ -298,6 +307,28 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         with stop_on_signals(stop):
             return await run_bots(settings, stop)
+
+    return asyncio.run(until_stopped())
+
+
+def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from .serve import ApiSettings, serve
+    from .stop_signals import stop_on_signals
+    from .wiring import open_relay
+
+    api = ApiSettings.from_env(settings.env, host=args.host, port=args.port)
+
+    def ready(url: str) -> None:
+        print(f"Serving the OpenAI-compatible API at {url} — point clients there"
+              + (" with RTXRELAY_API_KEY as their API key." if api.api_key else "."),
+              file=sys.stderr, flush=True)
+
+    async def until_stopped() -> int:
+        stop = asyncio.Event()
+        with stop_on_signals(stop):
+            async with open_relay(settings) as relay:
+                await serve(relay.service, relay.backend, api, stop, ready=ready)
+        return EXIT_OK
 
     return asyncio.run(until_stopped())
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 from rtxrelay.bots import PLATFORMS, Platform, PlatformRunner, configured_platforms
 from rtxrelay.core.conversation import ConversationService
@@ -44,14 +44,35 @@ def _no_bot_error(platforms: Sequence[Platform]) -> ConfigError:
 
 async def run_bots(settings: Settings, stop: asyncio.Event | None = None, *,
                    retry_delays: Sequence[float] = RETRY_DELAYS) -> int:
+    from .serve import ApiSettings, serve
     from .wiring import open_relay
 
     platforms = load_platforms(settings)
-    if not platforms:
+    # RTXRELAY_API=1: the OpenAI-compatible API runs beside the bots (or alone).
+    api = ApiSettings.from_env(settings.env) if settings.env.bool("RTXRELAY_API", False) \
+        else None
+    if not platforms and api is None:
         raise _no_bot_error(PLATFORMS)
     stop = stop or asyncio.Event()
     async with open_relay(settings) as relay:
-        results = await _run_all(platforms, relay.service, settings, stop, retry_delays)
+        jobs: list[Awaitable[list[bool]]] = []
+        if platforms:
+            jobs.append(_run_all(platforms, relay.service, settings, stop, retry_delays))
+        if api is not None:
+
+            async def api_job() -> list[bool]:
+                try:
+                    await serve(relay.service, relay.backend, api, stop, ready=lambda url:
+                                log.info("OpenAI-compatible API at %s", url))
+                    return [True]
+                except ConfigError as exc:
+                    log.error("the API stopped: %s", exc)
+                    return [False]
+                finally:
+                    stop.set()
+
+            jobs.append(api_job())
+        results = [ok for oks in await asyncio.gather(*jobs) for ok in oks]
     # Non-zero when a bot failed, so a service manager sees it (and can restart us).
     return 0 if all(results) else 1
 

@@ -18,6 +18,19 @@ class Exchange:
 
 
 @dataclass(frozen=True)
+class AnswerOptions:
+    """What a caller of the API asks for beyond the question (``rtxrelay serve``). A backend
+    honours what it can (an OpenAI-compatible server: all of it; Chat with RTX: none — the
+    service then cuts the text at ``stop`` and ``max_tokens`` itself)."""
+
+    system: str | None = None  # instead of SYSTEM_PROMPT
+    model: str | None = None  # one of the backend's models, instead of the configured one
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    temperature: float | None = None
+
+
+@dataclass(frozen=True)
 class Queued:
     position: int  # 1 = next in line
     queue_size: int | None = None
@@ -58,6 +71,7 @@ class Done:
     references: tuple[str, ...] = ()
     usage: Usage | None = None  # when the backend counts tokens
     history_dropped: bool = False  # the backend left earlier turns out to fit its context
+    length_limited: bool = False  # the answer ended at a token limit, not where the model did
 
 
 @dataclass(frozen=True)
@@ -87,10 +101,16 @@ class Backend(Protocol):
     ``Failed``."""
 
     def stream_answer(
-        self, question: str, history: Sequence[Exchange], *, session: str
+        self, question: str, history: Sequence[Exchange], *, session: str,
+        options: AnswerOptions | None = None,
     ) -> AsyncGenerator[BackendUpdate, None]:
         """Yield updates; the last one is ``Done`` or ``Failed``. Closing the generator early
-        (``aclose``) must cancel the answer on the backend."""
+        (``aclose``) must cancel the answer on the backend. ``options``: honoured where the
+        backend can (see ``AnswerOptions``)."""
+        ...
+
+    async def models(self) -> list[str]:
+        """The model ids it can answer with (the first is the one used by default)."""
         ...
 
     async def probe(self) -> BackendInfo:

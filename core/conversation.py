@@ -12,11 +12,13 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from .backend import (
+    AnswerOptions,
     Backend,
     BackendUpdate,
     Done,
@@ -26,7 +28,9 @@ from .backend import (
     Started,
     TextSoFar,
     Throttled,
+    Usage,
 )
+from .cutoff import Cutoff, FinishReason
 from .errors import BackendError, BackendErrorKind
 from .job_slots import JobSlots, LineClosed
 from .ratelimit import Rate
@@ -74,6 +78,8 @@ class Finished:
     status: TurnStatus  # COMPLETE, INTERRUPTED (stopped) or FAILED
     error: BackendError | None = None
     history_trimmed: bool = False  # older turns were left out of the context
+    usage: Usage | None = None  # token counts, when the backend reported them
+    length_limited: bool = False  # ended at a token limit (max_tokens), not where it would
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,11 @@ class ConversationService:
         self._slots = JobSlots(self.limits.max_concurrent_jobs)
         self._inflight: dict[str, asyncio.Event] = {}
         self._recovery: asyncio.Task[None] | None = None
+
+    @property
+    def line(self) -> tuple[int, int]:
+        """Answers being generated, and jobs waiting for a slot (bots and the API alike)."""
+        return self._slots.running, self._slots.waiting
 
     @property
     def backend_stuck(self) -> bool:
@@ -220,7 +231,7 @@ class ConversationService:
                     yield item
                 elif isinstance(item, Done):
                     final = Finished(item.text, TurnStatus.COMPLETE, None,
-                                     trimmed or item.history_dropped)
+                                     trimmed or item.history_dropped, usage=item.usage)
                     await self._store.finish_turn(turn_id, status=TurnStatus.COMPLETE,
                                                   answer=valid_text(item.text),
                                                   backend_answer=valid_text(item.raw),
@@ -254,6 +265,54 @@ class ConversationService:
                         error="stopped"
                     )
                 )
+
+    async def complete(
+        self, question: str, history: Sequence[Exchange], options: AnswerOptions, *,
+        name: str = "api",
+    ) -> AsyncGenerator[ReplyUpdate, None]:
+        """One answer for a caller that brings its own history (``rtxrelay serve``): nothing
+        is stored, the job waits in the same line as the bots' questions, and ``stop`` /
+        ``max_tokens`` hold even where the backend cannot honour them. Closing the generator
+        cancels the job, wherever it is. Ends with one ``Finished``."""
+        cutoff = Cutoff(options.stop, options.max_tokens)
+        job = _Job(self._slots, lambda: self._backend.stream_answer(
+            question, history, session=f"rtxrelay-{name}-{uuid.uuid4().hex[:12]}",
+            options=options), asyncio.Event(), on_stuck=self._close_line,
+            name=f"rtxrelay-answer-{name}")
+        shown = ""
+        try:
+            while True:
+                item = await job.next()
+                if isinstance(item, TextSoFar):
+                    cut = cutoff.apply(item.text, final=False)
+                    if cut.text != shown:
+                        delta = cut.text[len(shown):] if cut.text.startswith(shown) else ""
+                        shown = cut.text
+                        yield TextSoFar(shown, delta)
+                    if cut.ended is not None:  # the job is closed below: the backend stops
+                        yield Finished(shown, TurnStatus.COMPLETE,
+                                       length_limited=cut.ended is FinishReason.LENGTH)
+                        return
+                elif isinstance(item, Queued | Started | Throttled):
+                    yield item
+                elif isinstance(item, Done):
+                    cut = cutoff.apply(item.text, final=True)
+                    yield Finished(cut.text, TurnStatus.COMPLETE, usage=item.usage,
+                                   history_trimmed=item.history_dropped,
+                                   length_limited=item.length_limited
+                                   or cut.ended is FinishReason.LENGTH)
+                    return
+                elif isinstance(item, Failed):
+                    partial = cutoff.apply(item.partial_text or shown, final=True).text
+                    log.info("answer failed (%s): %s", item.error.kind.value, item.error)
+                    yield Finished(partial, TurnStatus.FAILED, item.error)
+                    return
+                else:  # _BackendEnded (None never comes: nobody sets this job's stop)
+                    yield Finished(shown, TurnStatus.FAILED, BackendError(
+                        BackendErrorKind.STOPPED, "The backend ended without an answer."))
+                    return
+        finally:
+            await job.close()
 
     # -- the messages that show answers ----------------------------------------------------
 

@@ -76,3 +76,11 @@ class JobSlots:
     @property
     def closed(self) -> bool:
         return self._closed_by is not None
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)

@@ -103,7 +103,7 @@ def test_python_dash_m_rtxrelay_is_the_command() -> None:
     result = subprocess.run([sys.executable, "-m", "rtxrelay", "--help"], capture_output=True,
                             text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
-    assert "{ask,chat,doctor,discover,chatrtx-bridge,run,service}" in result.stdout
+    assert "{ask,chat,doctor,discover,chatrtx-bridge,run,serve,service}" in result.stdout
 
 
 def test_the_wheel_installs_one_package_named_rtxrelay(tmp_path: Path) -> None:

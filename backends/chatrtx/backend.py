@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 
 from rtxrelay.core.backend import (
+    AnswerOptions,
     BackendInfo,
     BackendUpdate,
     Done,
@@ -38,6 +39,7 @@ from .settings import ChatRtxTarget
 log = logging.getLogger(__name__)
 
 Json = Any
+CHATRTX_MODEL_ID = "chatrtx"  # what `rtxrelay serve` lists for Chat with RTX
 
 
 @dataclass(frozen=True)
@@ -238,9 +240,16 @@ class ChatRtxBackend:
                     f"chat function found: {chat.label}", "session cookie accepted"),
         )
 
+    async def models(self) -> list[str]:
+        """Chat with RTX answers with the model picked in its window: one name for it."""
+        return [CHATRTX_MODEL_ID]
+
     async def stream_answer(
-        self, question: str, history: Sequence[Exchange], *, session: str
+        self, question: str, history: Sequence[Exchange], *, session: str,
+        options: AnswerOptions | None = None,
     ) -> AsyncGenerator[BackendUpdate, None]:
+        """``options`` are not Chat with RTX's to honour (no system prompt, no sampling
+        settings in its UI): the service emulates ``stop`` and ``max_tokens``."""
         async with contextlib.aclosing(self._answer_once(question, history, session)) as first:
             async for update in first:
                 # Nothing shown yet and Chat with RTX moved (a new RTX_URL): ask it there.

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 
 from rtxrelay.core.backend import (
+    AnswerOptions,
     BackendInfo,
     BackendUpdate,
     Done,
@@ -102,17 +103,26 @@ class OpenAiBackend:
                            protocol="openai", model=model, checks=tuple(checks),
                            parallel=self._product.parallel)
 
+    async def models(self) -> list[str]:
+        """The server's models, the one used by default first."""
+        listed = await self._client.models()
+        model = self._model or self._settings.model
+        return [model, *(m for m in listed if m != model)] if model else listed
+
     async def stream_answer(
-        self, question: str, history: Sequence[Exchange], *, session: str
+        self, question: str, history: Sequence[Exchange], *, session: str,
+        options: AnswerOptions | None = None,
     ) -> AsyncGenerator[BackendUpdate, None]:
-        """``session`` is not used: these servers keep no conversation, history is sent."""
+        """``session`` is not used: these servers keep no conversation, history is sent.
+        ``options`` go to the server as they are."""
+        options = options or AnswerOptions()
         waited = 0.0
         dropped = False
         attempt = _Attempt()
         while True:
             try:
-                model = await self._pick_model()
-                async for update in self._stream(model, question, history, attempt):
+                model = options.model or await self._pick_model()
+                async for update in self._stream(model, question, history, attempt, options):
                     yield update
             except ContextTooLong as exc:
                 if history and not attempt.text:
@@ -141,18 +151,25 @@ class OpenAiBackend:
         if attempt.finish_reason == "length":
             log.info("the answer reached the server's token limit")
         yield Done(text=attempt.text, raw=attempt.text, usage=attempt.usage,
-                   history_dropped=dropped)
+                   history_dropped=dropped, length_limited=attempt.finish_reason == "length")
 
     async def _stream(self, model: str, question: str, history: Sequence[Exchange],
-                      attempt: _Attempt) -> AsyncGenerator[BackendUpdate, None]:
-        body: dict[str, Json] = {"model": model, "messages": self._messages(question, history),
-                                 "stream": True}
+                      attempt: _Attempt, options: AnswerOptions
+                      ) -> AsyncGenerator[BackendUpdate, None]:
+        system = options.system if options.system is not None else self._settings.system_prompt
+        body: dict[str, Json] = {"model": model, "stream": True,
+                                 "messages": self._messages(system, question, history)}
         if self._usage_option:
             body["stream_options"] = {"include_usage": True}
-        if self._settings.temperature is not None:
-            body["temperature"] = self._settings.temperature
-        if self._settings.max_tokens is not None:
-            body["max_tokens"] = self._settings.max_tokens
+        temperature = options.temperature if options.temperature is not None \
+            else self._settings.temperature
+        if temperature is not None:
+            body["temperature"] = temperature
+        max_tokens = options.max_tokens or self._settings.max_tokens
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        if options.stop:
+            body["stop"] = list(options.stop)
         splitter = ThinkSplitter()
         started = False
         try:
@@ -188,7 +205,7 @@ class OpenAiBackend:
                 # An older server that rejects the field: ask again without it, for good.
                 log.info("the server does not take stream_options; token counts are not kept")
                 self._usage_option = False
-                async for retried in self._stream(model, question, history, attempt):
+                async for retried in self._stream(model, question, history, attempt, options):
                     yield retried
                 return
             raise
@@ -210,10 +227,12 @@ class OpenAiBackend:
         # After a retraction earlier text changed: the delta alone would not rebuild it.
         return TextSoFar(attempt.text, "" if retracted else delta)
 
-    def _messages(self, question: str, history: Sequence[Exchange]) -> list[dict[str, str]]:
+    @staticmethod
+    def _messages(system: str | None, question: str,
+                  history: Sequence[Exchange]) -> list[dict[str, str]]:
         messages: list[dict[str, str]] = []
-        if self._settings.system_prompt:
-            messages.append({"role": "system", "content": self._settings.system_prompt})
+        if system:
+            messages.append({"role": "system", "content": system})
         for exchange in history:
             messages.append({"role": "user", "content": exchange.question})
             messages.append({"role": "assistant", "content": exchange.answer})

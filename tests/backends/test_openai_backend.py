@@ -317,7 +317,7 @@ async def test_questions_through_the_service_keep_token_counts(
         key = ConversationKey("test", "chat", "user")
         first = [u async for u in service.ask(key, "2+2?")]
         second = [u async for u in service.ask(key, "2+3?")]
-        assert first[-1] == Finished("Four.", TurnStatus.COMPLETE)
+        assert first[-1] == Finished("Four.", TurnStatus.COMPLETE, usage=Usage(30, 2))
         assert any(isinstance(u, Throttled) for u in second)  # the bots show it as a status
         turns = await store.recent_turns((await store.current(str(key))).id, 5)
         sent = fake.chat_requests[-1].json["messages"]
