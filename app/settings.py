@@ -154,10 +154,10 @@ def _read_env_file(path: Path) -> dict[str, str]:
 
 def secrets(settings: Settings) -> list[str]:
     """The values that must never reach a log line: each platform's token, the session
-    cookie in RTX_URL (a credential for Chat with RTX) and OPENAI_API_KEY."""
+    cookie in RTX_URL (a credential for Chat with RTX), OPENAI_API_KEY and RTXRELAY_API_KEY."""
     from rtxrelay.bots import PLATFORMS
 
     found = [secret for platform in PLATFORMS for secret in platform.secrets(settings.env)]
     cookie = settings.chatrtx.cookie()
-    key = settings.openai.api_key
-    return found + [value for value in (cookie, key) if value]
+    keys = (settings.openai.api_key, settings.env.str("RTXRELAY_API_KEY"))
+    return found + [value for value in (cookie, *keys) if value]
