@@ -382,3 +382,30 @@ async def test_the_real_llama_server_behind_the_api(llama: LlamaServer, tmp_path
         whole = await client.chat.completions.create(
             model=llama.model, messages=ask("Name a fruit."), temperature=0)
     assert text == direct.text == whole.choices[0].message.content
+
+
+# -- as a user starts it -------------------------------------------------------------------------
+
+
+async def test_run_serves_the_api_beside_the_bots_when_asked(rtx_426: Replica,
+                                                             tmp_path: Path) -> None:
+    """RTXRELAY_API=1 with no bot token: `rtxrelay run` serves the API alone, answers through
+    it, and Ctrl+C stops it."""
+    from tests.app.test_run_command import clean_env, rtxrelay_run
+
+    port = free_port()
+    env = clean_env(RTX_URL=rtx_426.url, RTXRELAY_DB=str(tmp_path / "r.db"), RTXRELAY_API="1",
+                    RTXRELAY_API_PORT=str(port))
+    async with rtxrelay_run(tmp_path, env) as cli:
+        base = f"http://127.0.0.1:{port}/v1"
+        async with asyncio.timeout(WAIT):  # until it listens: its log line says so
+            while f"OpenAI-compatible API at {base}" not in cli.output():
+                if cli.proc.returncode is not None:
+                    pytest.fail(cli.output())
+                await asyncio.sleep(0.05)
+        async with AsyncOpenAI(base_url=base, api_key="x", max_retries=0,
+                               timeout=WAIT) as client:
+            text, _ = await streamed(client, ask("hello"))
+        assert text == expected("hello")
+        assert await cli.interrupt() == 130  # Ctrl+C, as documented
+    assert "POST /v1/chat/completions 200" in cli.output()
