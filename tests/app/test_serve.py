@@ -184,6 +184,33 @@ async def test_clients_wait_in_line_in_order_and_past_the_bound_get_429(
     assert finished == ["first", "second", "third"]
 
 
+async def test_bots_and_api_clients_share_one_line(rtx_426: Replica, tmp_path: Path) -> None:
+    """A bot user's question and an API request wait in the same line: Chat with RTX answers
+    one at a time, whoever asks."""
+    from rtxrelay.core.conversation import Finished
+    from rtxrelay.core.store import ConversationKey
+
+    async with serving(chatrtx(rtx_426), tmp_path) as api, api.client() as client, \
+            aiohttp.ClientSession() as http:
+        async with http.get(api.url.removesuffix("/v1") + "/health") as health:
+            state = await health.json()
+        assert health.status == 200 and state["backend"]["reachable"] is True
+
+        async def bot_user() -> list[object]:
+            key = ConversationKey("telegram", "1", "2")
+            return [u async for u in api.service.ask(key, "from a bot [len=300] [delay=0.01]")]
+
+        bot = asyncio.create_task(bot_user())
+        await api.wait_line(1, 0)
+        from_api = asyncio.create_task(streamed(client, ask("from the API")))
+        await api.wait_line(1, 1)
+        async with http.get(api.url.removesuffix("/v1") + "/health") as health:
+            assert (await health.json())["queue"] == {"running": 1, "waiting": 1}
+        updates = await bot
+        text, _ = await from_api
+    assert isinstance(updates[-1], Finished) and text == expected("from the API")
+
+
 async def test_raw_stream_tells_the_place_in_line(rtx_426: Replica, tmp_path: Path) -> None:
     async with serving(chatrtx(rtx_426), tmp_path) as api, api.client() as client, \
             aiohttp.ClientSession() as http:
