@@ -46,9 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     except RelayError as exc:
         _error(exc)
         return EXIT_CONFIG
-    # `run` is a service and logs at INFO; the other commands print their answer and only
-    # warnings, unless LOG_LEVEL asks for more.
-    level = settings.log_level if args.command == "run" or settings.log_level_set else "WARNING"
+    # `run` and `serve` are services and log at INFO; the other commands print their answer
+    # and only warnings, unless LOG_LEVEL asks for more.
+    level = settings.log_level if args.command in ("run", "serve") or settings.log_level_set \
+        else "WARNING"
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if settings.log_file is not None:
         try:
