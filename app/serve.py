@@ -40,6 +40,8 @@ Json = Any
 DEFAULT_PORT = 8642  # none of the usual local servers' (8000, 8080, 8081, 11434, 1234, 8765)
 KEEPALIVE_SECONDS = 15.0  # an SSE comment while a streamed request waits in line
 HEALTH_TTL = 10.0  # /health probes the backend at most this often
+MODELS_TTL = 30.0  # the backend's model list is asked again at most this often (or when a
+# request names a model not in it), not before every request
 MAX_BODY_BYTES = 4 * 1024 * 1024
 # The tokens of the answer being served, for the request's log line (the handler runs in the
 # log middleware's task, so it sees what the handler set).
@@ -148,6 +150,7 @@ class OpenAiApi:
         self._settings = settings
         self._health: tuple[float, dict[str, Json]] | None = None
         self._models: list[str] | None = None
+        self._models_at = 0.0
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES,
@@ -264,12 +267,12 @@ class OpenAiApi:
              "queue": {"running": running, "waiting": waiting}}, status=200 if ok else 503)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        asked = await self._parse(request)
         waiting = self._service.line[1]
-        if waiting >= self._settings.max_waiting:
+        if waiting >= self._settings.max_waiting:  # before anything else: a full line is cheap
             raise ApiError(429, f"{waiting} requests are already waiting for the model; try "
                            "again shortly.", kind="rate_limit_exceeded",
                            code="queue_full", headers={"Retry-After": "10"})
+        asked = await self._parse(request)
         answer = self._service.complete(asked.question, asked.history, asked.options)
         async with contextlib.aclosing(answer):
             if asked.stream:
@@ -310,19 +313,23 @@ class OpenAiApi:
         response: web.StreamResponse | None = None
         updates = aiter(answer)
         pending: asyncio.Task[object] | None = None
+        started = False
         try:
             while True:
-                pending = asyncio.ensure_future(anext(updates))
-                # While it waits in line, a comment now and then keeps proxies and clients
-                # from giving up on a silent connection.
-                while True:
-                    done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE_SECONDS)
-                    if done:
-                        break
-                    response = response or await self._open_stream(request)
-                    await response.write(b": waiting for the model\n\n")
-                update = pending.result()
-                pending = None
+                if started:  # text flows: no keep-alive needed, no task per token
+                    update = await anext(updates)
+                else:
+                    pending = asyncio.ensure_future(anext(updates))
+                    # While it waits in line, a comment now and then keeps proxies and
+                    # clients from giving up on a silent connection.
+                    while True:
+                        done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE_SECONDS)
+                        if done:
+                            break
+                        response = response or await self._open_stream(request)
+                        await response.write(b": waiting for the model\n\n")
+                    update = pending.result()
+                    pending = None
                 if isinstance(update, Finished):
                     if update.error is not None and response is None:
                         raise backend_error(update.error)  # nothing sent: a plain HTTP error
@@ -345,6 +352,7 @@ class OpenAiApi:
                     response = await self._open_stream(request)
                     await response.write(chunk({"role": "assistant", "content": ""}))
                 if isinstance(update, TextSoFar) and update.delta:
+                    started = True
                     await response.write(chunk({"content": update.delta}))
                 elif isinstance(update, Queued):
                     await response.write(f": #{update.position} in line\n\n".encode())
@@ -379,6 +387,8 @@ class OpenAiApi:
             raise ApiError(400, "The body must be a JSON object.")
         models = await self._model_ids()
         model = body.get("model") or models[0]
+        if isinstance(model, str) and model not in models:
+            models = await self._model_ids(fresh=True)  # loaded on the server since?
         if not isinstance(model, str) or model not in models:
             raise _unknown_model(str(model))
         system, history, question = _conversation(body.get("messages"))
@@ -409,9 +419,13 @@ class OpenAiApi:
             temperature=float(temperature) if temperature is not None else None),
             stream, include_usage)
 
-    async def _model_ids(self) -> list[str]:
+    async def _model_ids(self, *, fresh: bool = False) -> list[str]:
+        now = time.monotonic()
+        if self._models is not None and not fresh and now - self._models_at < MODELS_TTL:
+            return self._models
         try:
             self._models = await self._backend.models() or self._models or []
+            self._models_at = now
         except BackendError as exc:
             if self._models is None:
                 raise backend_error(exc) from None

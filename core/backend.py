@@ -21,7 +21,8 @@ class Exchange:
 class AnswerOptions:
     """What a caller of the API asks for beyond the question (``rtxrelay serve``). A backend
     honours what it can (an OpenAI-compatible server: all of it; Chat with RTX: none — the
-    service then cuts the text at ``stop`` and ``max_tokens`` itself)."""
+    service then cuts the text at ``stop`` and ``max_tokens`` itself). A backend whose model
+    gets them all says so with a class attribute ``honours_options = True``."""
 
     system: str | None = None  # instead of SYSTEM_PROMPT
     model: str | None = None  # one of the backend's models, instead of the configured one

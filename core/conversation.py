@@ -274,7 +274,10 @@ class ConversationService:
         is stored, the job waits in the same line as the bots' questions, and ``stop`` /
         ``max_tokens`` hold even where the backend cannot honour them. Closing the generator
         cancels the job, wherever it is. Ends with one ``Finished``."""
-        cutoff = Cutoff(options.stop, options.max_tokens)
+        # A backend that honours stop / max_tokens itself counts real tokens: cutting again by
+        # an estimate would only cut its answers short.
+        cutoff = Cutoff() if getattr(self._backend, "honours_options", False) else \
+            Cutoff(options.stop, options.max_tokens)
         job = _Job(self._slots, lambda: self._backend.stream_answer(
             question, history, session=f"rtxrelay-{name}-{uuid.uuid4().hex[:12]}",
             options=options), asyncio.Event(), on_stuck=self._close_line,

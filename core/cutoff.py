@@ -28,9 +28,18 @@ class Cut:
 
 
 class Cutoff:
+    """Applied to a growing text, it looks at what is new only: the token count so far and
+    how far stop strings were searched are kept (a text that changed earlier is counted
+    anew)."""
+
     def __init__(self, stop: Sequence[str] = (), max_tokens: int | None = None) -> None:
         self._stop = tuple(s for s in stop if s)
         self._max_tokens = max_tokens
+        self._longest_stop = max((len(s) for s in self._stop), default=0)
+        self._seen = ""  # the text last applied to (for the incremental counts)
+        self._wide = 0  # CJK characters in it
+        self._searched = 0  # stop strings cannot start before this index
+        self._stop_at: int | None = None  # where the first stop string was found
 
     @property
     def active(self) -> bool:
@@ -41,10 +50,19 @@ class Cutoff:
         if not self.active:
             return Cut(text)
         ended: FinishReason | None = None
-        found = [i for i in (text.find(s) for s in self._stop) if i >= 0]
-        if found:
-            text, ended = text[:min(found)], FinishReason.STOP
-        if self._max_tokens is not None:
+        if not text.startswith(self._seen):  # earlier text changed: start over
+            self._seen, self._wide, self._searched, self._stop_at = "", 0, 0, None
+        self._wide += _wide(text, len(self._seen), len(text))
+        self._seen = text
+        if self._stop_at is None:
+            start = max(0, self._searched - self._longest_stop + 1)
+            found = [i for i in (text.find(s, start) for s in self._stop) if i >= 0]
+            self._searched = len(text)
+            self._stop_at = min(found) if found else None
+        if self._stop_at is not None:
+            text, ended = text[:self._stop_at], FinishReason.STOP
+        if self._max_tokens is not None and (
+                ended is not None or _tokens(len(self._seen), self._wide) > self._max_tokens):
             limit = _chars_for_tokens(text, self._max_tokens)
             if limit < len(text):
                 text, ended = text[:limit], FinishReason.LENGTH
@@ -67,9 +85,17 @@ def estimate_tokens(text: str) -> int:
     return _tokens_until(text, len(text))
 
 
+def _wide(text: str, start: int, end: int) -> int:
+    """CJK and beyond, about one token each."""
+    return sum(1 for ch in text[start:end] if ord(ch) >= 0x2E80)
+
+
+def _tokens(length: int, wide: int) -> int:
+    return wide + -(-(length - wide) // CHARS_PER_TOKEN)
+
+
 def _tokens_until(text: str, end: int) -> int:
-    wide = sum(1 for ch in text[:end] if ord(ch) >= 0x2E80)  # CJK and beyond: ~1 token each
-    return wide + -(-(end - wide) // CHARS_PER_TOKEN)
+    return _tokens(end, _wide(text, 0, end))
 
 
 def _chars_for_tokens(text: str, tokens: int) -> int:

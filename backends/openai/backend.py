@@ -54,6 +54,8 @@ class _Attempt:
 
 
 class OpenAiBackend:
+    honours_options = True  # stop, max_tokens, temperature go to the server (AnswerOptions)
+
     def __init__(self, http: aiohttp.ClientSession, settings: OpenAiSettings) -> None:
         endpoint = settings.endpoint()
         self._settings = settings

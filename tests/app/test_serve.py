@@ -389,6 +389,15 @@ async def test_upstream_models_options_and_usage_pass_through(tmp_path: Path) ->
         usage = chunks[-1].usage  # type: ignore[attr-defined]
         assert usage is not None and usage.completion_tokens > 0
         sent = fake.chat_requests[-1].json
+        # The server counts real tokens: its answer is not cut again by rtxrelay's estimate.
+        long_answer = ["word "] * 60
+        fake.script(Reply(long_answer))
+        whole = await client.chat.completions.create(model="qwen3:latest", messages=ask("x"),
+                                                     max_tokens=60)
+        assert whole.choices[0].message.content == "".join(long_answer).strip() or \
+            whole.choices[0].message.content == "".join(long_answer)
+        assert whole.choices[0].finish_reason == "stop"
+        sent = fake.chat_requests[-2].json
     assert sent["model"] == "qwen3:latest" and sent["stop"] == ["END"]
     assert sent["max_tokens"] == 50 and sent["temperature"] == 0.1
     assert sent["messages"][0] == {"role": "system", "content": "Be terse."}
