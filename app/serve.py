@@ -311,6 +311,7 @@ class OpenAiApi:
             return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
 
         response: web.StreamResponse | None = None
+        streamed = ""  # the text sent so far: the final text may add to it
         updates = aiter(answer)
         pending: asyncio.Task[object] | None = None
         started = False
@@ -337,6 +338,9 @@ class OpenAiApi:
                     if update.error is not None:
                         await response.write(backend_error(update.error).event())
                         return response
+                    if update.text.startswith(streamed) and len(update.text) > len(streamed):
+                        # The final text can hold more than the last update showed.
+                        await response.write(chunk({"content": update.text[len(streamed):]}))
                     await response.write(chunk({}, _finish(update)))
                     usage = _usage(asked, update)
                     _TOKENS.set(usage["completion_tokens"])
@@ -351,9 +355,11 @@ class OpenAiApi:
                 if response is None:
                     response = await self._open_stream(request)
                     await response.write(chunk({"role": "assistant", "content": ""}))
-                if isinstance(update, TextSoFar) and update.delta:
+                if isinstance(update, TextSoFar) and update.text.startswith(streamed) and \
+                        len(update.text) > len(streamed):
                     started = True
-                    await response.write(chunk({"content": update.delta}))
+                    await response.write(chunk({"content": update.text[len(streamed):]}))
+                    streamed = update.text
                 elif isinstance(update, Queued):
                     await response.write(f": #{update.position} in line\n\n".encode())
         except StopAsyncIteration:

@@ -172,17 +172,35 @@ def _markdown_chunks(text: str) -> Iterator[tuple[str, bool]]:
     """``text`` cut into (chunk, in_code) pieces, in order: fenced blocks (with their fence
     lines) and the insides of inline code spans are code, the rest prose."""
     done = 0
-    for start, end in _fenced_blocks(text):
+    for start, end, _ in _fenced_blocks(text):
         yield from _inline_chunks(text[done:start])
         yield text[start:end], True
         done = end
     yield from _inline_chunks(text[done:])
 
 
-def _fenced_blocks(text: str) -> Iterator[tuple[int, int]]:
+def _code_left_open(text: str) -> bool:
+    """Whether text that more text will follow leaves Markdown code open: a fenced block not
+    closed yet, or in the prose after the last block a backtick run not matched yet (a later
+    run could match it and make code of everything between)."""
+    done = 0
+    for _, end, closed in _fenced_blocks(text):
+        if not closed:
+            return True
+        done = end
+    search = done
+    while (opening := _BACKTICKS.search(text, search)) is not None:
+        closing = _closing_run(text, opening)
+        if closing is None:
+            return True
+        search = closing.end()
+    return False
+
+
+def _fenced_blocks(text: str) -> Iterator[tuple[int, int, bool]]:
     """CommonMark fences: up to three spaces, three or more backticks or tildes; the closing
     fence uses the same character, at least as many, and nothing else. An unclosed block runs
-    to the end, as it renders (and as a streamed answer is, mid-block)."""
+    to the end, as it renders (and as a streamed answer is, mid-block): (start, end, closed)."""
     opening: tuple[int, str] | None = None
     for line in _LINE.finditer(text):
         fence = _FENCE.match(line.group().rstrip("\r\n"))
@@ -196,27 +214,34 @@ def _fenced_blocks(text: str) -> Iterator[tuple[int, int]]:
             and len(fence.group(1)) >= len(opening[1])
             and not fence.group(2).strip()
         ):
-            yield opening[0], line.end()
+            yield opening[0], line.end(), True
             opening = None
     if opening is not None:
-        yield opening[0], len(text)
+        yield opening[0], len(text), False
 
 
 def _inline_chunks(text: str) -> Iterator[tuple[str, bool]]:
     """Code spans: a run of n backticks up to the next run of exactly n. A run without its
-    match is literal text."""
+    match is literal text, and so is the closing run (it opens nothing: the prose between two
+    spans is prose, with prose's stricter path rules)."""
     done = search = 0
     while (opening := _BACKTICKS.search(text, search)) is not None:
-        closing = _BACKTICKS.search(text, opening.end())
-        while closing is not None and len(closing.group()) != len(opening.group()):
-            closing = _BACKTICKS.search(text, closing.end())
+        closing = _closing_run(text, opening)
         if closing is None:
             search = opening.end()
             continue
         yield text[done : opening.end()], False
         yield text[opening.end() : closing.start()], True
-        done = search = closing.start()
+        done, search = closing.start(), closing.end()
     yield text[done:], False
+
+
+def _closing_run(text: str, opening: re.Match[str]) -> re.Match[str] | None:
+    """The next run of exactly as many backticks as ``opening``, if any."""
+    closing = _BACKTICKS.search(text, opening.end())
+    while closing is not None and len(closing.group()) != len(opening.group()):
+        closing = _BACKTICKS.search(text, closing.end())
+    return closing
 
 
 # -- local paths ------------------------------------------------------------------------------
@@ -494,34 +519,197 @@ def _trim_trailing(name: str) -> str:
     return name
 
 
-class StreamingConverter:
-    """``convert_answer(raw, streaming=True)`` for a growing answer, without redoing the
-    regex passes over the whole text at every token (that made streaming quadratic).
+@dataclass(frozen=True)
+class TextChange:
+    """The converted answer after an update, and what the update added to it."""
 
-    While the answer is plain text (no tag, no backslash, no local path root, no blank-line
-    run to collapse) conversion is the identity up to trimming, which is checked on the new
-    part only.
+    text: str
+    delta: str  # ``text`` minus the previous text; "" when earlier text changed instead
+
+
+# Where a streamed answer may be split for conversion: before a line break.
+_BREAK = re.compile(r"\r?\n|<br\s*/?>", re.IGNORECASE)
+_BREAKS = re.compile(r"(?:\r?\n|<br\s*/?>)+", re.IGNORECASE)
+# What only the whole conversion handles: the app's reference and picture tags (always at the
+# end of an answer), "See all matches", and the NUL that marks references while converting.
+_WHOLE_ONLY = re.compile(r"<(?:a|img|/?div)\b|see all matches|\x00", re.IGNORECASE)
+# What the conversion of text without them may change, besides trimming it: tags (a ``<br>``
+# or one to hold back), runs of blank lines, and local paths. ``\\`` and ``//`` begin the
+# two roots of unbounded length (``\\\\server``, ``//server``); other roots are short.
+_NOT_PLAIN = re.compile(r"<|\\|//|\n\n\n")
+_BLANK_RUN = re.compile(r"\n{3,}")
+
+
+class StreamingConverter:
+    """``convert_answer(raw, streaming=True).text`` for a growing answer, at a cost per update
+    that follows the update and the current paragraph, not the answer so far.
+
+    The answer so far is a *settled* head, converted once, and a tail that is converted
+    again at each update. The head grows up to a line break when nothing before the break
+    can change with what follows: no half tag, no Markdown code left open (an unclosed fence
+    or an unmatched backtick), visible text right before it. Paths, tags and code spans never
+    cross such a break, so converting the two parts apart gives the whole conversion
+    (``tests/backends/test_scrub_paths.py`` checks it on random streams). While the tail
+    after its line break is *plain* (no tag, backslash, ``//``, local path root or blank-line
+    run), its conversion is the identity up to trimming, checked on the new part only. An
+    answer holding the app's reference or picture HTML is converted whole at each update:
+    that HTML comes last.
     """
 
-    _SPECIAL = ("<", "\\", "\n\n\n", "See all matches")
     # Far enough back that a marker or path root split across two updates is seen whole
-    # (the longest root, ``%` + 32 + `%`` and its separator, is well under it).
+    # (the longest bounded root, ``%`` + 32 + ``%`` and its separator, is well under it).
     _LOOKBACK = 64
+    # A plain tail is settled only once this long (settling is a Markdown scan of it): it
+    # then stays short, and so does the copy each update makes of it.
+    _PLAIN_TAIL = 2048
 
     def __init__(self) -> None:
         self._raw = ""
+        self._text = ""
+        self._whole = False  # the answer holds HTML only the whole conversion handles
+        self._head = ""  # the converted, trimmed text of the settled part of raw
+        self._tail = ""  # raw after the settled part: starts with a line break, or is all raw
+        self._lead = 0  # the length of the line breaks it starts with (0 if none settled)
+        self._lead_text = ""  # those line breaks converted (``<br>`` becomes a newline)
         self._plain = True
+        self._cut = 0  # the last place in the tail where the head may end (0: none yet)
+        self._next_try = self._PLAIN_TAIL  # settle once the tail is this long
 
-    def feed(self, raw: str) -> str:
-        if self._plain and raw.startswith(self._raw):
-            self._plain = not self._may_change(raw[max(0, len(self._raw) - self._LOOKBACK) :])
-        else:
-            self._plain = self._plain and not self._may_change(raw)
+    @property
+    def text(self) -> str:
+        return self._text
+
+    def feed(self, raw: str, appended: str | None = None) -> TextChange | None:
+        """Take ``raw``, the whole answer so far; None when its text did not change.
+
+        ``appended``: what ``raw`` adds to the previous ``raw``, when the caller knows it
+        (Gradio's diffs say so); otherwise the two are compared."""
+        if appended is not None and len(raw) != len(self._raw) + len(appended):
+            appended = None  # not what the caller thought: compare after all
+        if appended is None and raw.startswith(self._raw):
+            appended = raw[len(self._raw) :]
         self._raw = raw
-        if self._plain:
-            return raw.strip()
-        return convert_answer(raw, streaming=True).text
+        if appended == "":
+            return None
+        before, fixed = self._text, len(self._head)  # the old head starts the new text too
+        if appended is None:
+            self._restart(raw)
+            fixed, grew = 0, False
+        else:
+            grew = self._extend(appended)
+        if self._whole:
+            return self._change(before, convert_answer(raw, streaming=True).text, 0, grew=False)
+        tail = self._convert_tail()
+        text = self._head + tail if self._head else tail
+        # A plain tail that only grew, nothing settled: its text only grew at the end.
+        return self._change(before, text, fixed, grew=grew and fixed == len(self._head))
 
-    @classmethod
-    def _may_change(cls, text: str) -> bool:
-        return any(m in text for m in cls._SPECIAL) or _PATH_ROOT.search(text) is not None
+    def _change(self, before: str, text: str, fixed: int, *, grew: bool) -> TextChange | None:
+        """``before[:fixed]`` is known to start ``text``; with ``grew``, all of ``before``."""
+        self._text = text
+        if grew or text.startswith(before[fixed:], fixed):
+            return TextChange(text, text[len(before) :]) if len(text) != len(before) else None
+        return TextChange(text, "")
+
+    def _extend(self, appended: str) -> bool:
+        """Add to the tail; True when its converted text can only have grown at its end."""
+        if self._whole:
+            return False
+        old, was = len(self._tail), (self._plain, self._lead)
+        self._tail += appended
+        look = max(0, old - self._LOOKBACK)
+        if _WHOLE_ONLY.search(self._tail, look) is not None:
+            self._whole = True
+            return False
+        if self._head and old < self._lead + len("\r<br/>"):
+            self._take_lead()  # the text after the line breaks was short: they may go on
+        elif self._plain and self._tail_may_change(look):
+            self._plain, self._next_try = False, 0  # now worth settling at every break
+        self._find_cut(max(0, old - len("<br/>")))
+        if self._cut and len(self._tail) >= self._next_try:
+            self._settle()
+        return was == (True, self._lead) and self._plain
+
+    def _restart(self, raw: str) -> None:
+        """Earlier text changed (not an append): start over from the whole answer."""
+        self._whole = _WHOLE_ONLY.search(raw) is not None
+        self._head, self._tail, self._lead, self._lead_text = "", raw, 0, ""
+        self._plain = not self._tail_may_change(0)
+        self._next_try = self._PLAIN_TAIL if self._plain else 0
+        self._cut = 0
+        if not self._whole:
+            self._find_cut(0)
+            if self._cut:
+                self._settle()
+
+    def _tail_may_change(self, start: int) -> bool:
+        """Whether converting the tail after its line breaks may change it from ``start`` on
+        (none of them follows them: no blank-line run crosses into the rest)."""
+        return _may_change(self._tail, max(start, self._lead))
+
+    def _take_lead(self) -> None:
+        """Read the line breaks the tail starts with, and whether the rest is plain."""
+        lead = _BREAKS.match(self._tail)
+        assert lead is not None, "a settled head is followed by a line break"
+        self._lead = lead.end()
+        self._lead_text = _BLANK_RUN.sub("\n\n", _BR.sub("\n", lead.group()))
+        plain = not self._tail_may_change(0)
+        if plain != self._plain:
+            self._plain, self._next_try = plain, self._PLAIN_TAIL if plain else 0
+
+    def _find_cut(self, start: int) -> None:
+        tail = self._tail
+        for match in _BREAK.finditer(tail, start):
+            at = match.start()
+            # Visible text right before: no blank-line run or trailing space crosses the cut,
+            # so trimming and collapsing blank lines work on each part alone.
+            if at and not tail[at - 1].isspace() and tail[at - 1] != ">":
+                self._cut = at
+
+    def _settle(self) -> None:
+        """Move the tail up to the last cut into the head, if nothing before it is open."""
+        cut, self._cut = self._cut, 0
+        if self._plain:
+            body = self._plain_text(cut)
+            settles = not _code_left_open(body)
+        else:
+            part = self._tail[:cut]
+            body = _BR.sub("\n", part)
+            settles = len(_hold_back_partial_tag(part)) == len(part) and not _code_left_open(body)
+            if settles:
+                body = _BLANK_RUN.sub("\n\n", scrub_paths(body))
+                settles = bool(body) and not body[-1].isspace()
+        if not settles:
+            # The same cut would be refused again; a plain tail waits to be half as long again.
+            self._next_try = len(self._tail) + len(self._tail) // 2 if self._plain else 0
+            return
+        self._head = self._head + body if self._head else body.lstrip()
+        self._tail = self._tail[cut:]
+        self._plain, self._next_try = False, 0
+        self._take_lead()
+        self._find_cut(0)
+
+    def _plain_text(self, end: int) -> str:
+        """The converted text of a plain tail up to ``end``: itself, its line breaks
+        converted."""
+        tail, lead = self._tail, self._lead
+        if self._lead_text == tail[:lead]:
+            return tail if end == len(tail) else tail[:end]
+        return self._lead_text + tail[lead:end]
+
+    def _convert_tail(self) -> str:
+        if self._plain:
+            body = self._plain_text(len(self._tail))
+        else:
+            body = _BLANK_RUN.sub(
+                "\n\n", scrub_paths(_BR.sub("\n", _hold_back_partial_tag(self._tail))))
+        # After a settled head the tail starts with its line break, which stays.
+        return body.rstrip() if self._head else body.strip()
+
+
+def _may_change(text: str, start: int) -> bool:
+    """Whether converting ``text`` may change it from ``start`` on (besides trimming)."""
+    if _NOT_PLAIN.search(text, start) is not None:
+        return True
+    hint = _ROOT_HINT.search(text, start)
+    return hint is not None and _PATH_ROOT.search(text, start) is not None

@@ -33,6 +33,7 @@ from rtxrelay.core.errors import BackendError, BackendErrorKind, RelayError
 
 from .answer_html import StreamingConverter, convert_answer
 from .gradio_client import GradioApp, GradioQueueClient, JobOutput, JobQueued, JobStarted, Timeouts
+from .gradio_diff import appended_text
 from .launch_url import LaunchUrl
 from .settings import ChatRtxTarget
 
@@ -289,11 +290,10 @@ class ChatRtxBackend:
                         converted = convert_answer(raw)
                         yield Done(converted.text, raw, converted.references)
                         return
-                    new = converter.feed(raw)
-                    if new != text:
-                        delta = new[len(text) :] if new.startswith(text) else ""
-                        text = new
-                        yield TextSoFar(text, delta)
+                    change = converter.feed(raw, self._appended(chat, event))
+                    if change is not None:
+                        text = change.text
+                        yield TextSoFar(change.text, change.delta)
             raise BackendError(
                 BackendErrorKind.STOPPED, "The answer stream ended without a final answer."
             )
@@ -375,6 +375,28 @@ class ChatRtxBackend:
             else:
                 values.append(None)  # gr.State: the server keeps it per session_hash
         return values
+
+    @staticmethod
+    def _appended(chat: ChatFunction, output: JobOutput) -> str | None:
+        """What the update added to the answer, when its diffs say so (appends to the last
+        turn's answer and nothing else): then the converter need not compare whole answers.
+        None when they do not (a value sent whole, an edit elsewhere in the chatbot)."""
+        if output.edits is None:
+            return None
+        index = chat.outputs.index(chat.chatbot_id)
+        value = output.data[index]
+        if not isinstance(value, list) or not value:
+            return None
+        last = value[-1]
+        if chat.messages_format:
+            if not (isinstance(last, dict) and last.get("role") == "assistant"):
+                return None
+            path: list[Json] = [len(value) - 1, "content"]
+        elif isinstance(last, list) and len(last) >= 2:
+            path = [len(value) - 1, 1]
+        else:
+            return None
+        return appended_text(output.edits[index], path)
 
     @staticmethod
     def _answer(app: GradioApp, chat: ChatFunction, data: list[Json]) -> str:

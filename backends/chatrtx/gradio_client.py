@@ -12,9 +12,9 @@ import contextlib
 import enum
 import json
 import logging
+import math
 import ssl
-import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,7 @@ import aiohttp
 from rtxrelay.backends.sse import SseParser
 from rtxrelay.core.errors import BackendError, BackendErrorKind
 
-from .gradio_diff import apply_diff
+from .gradio_diff import apply_diff, merge_diffs
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,15 @@ class JobStarted:
 
 @dataclass(frozen=True)
 class JobOutput:
+    """The outputs so far. A stream reports at most one per read of the socket: the updates
+    that arrived together are applied together."""
+
     data: list[Json]
     final: bool
+    # Per output, the edits that turned the previous JobOutput's data into this one (runs of
+    # appends merged), so a reader can take what was added without comparing whole values;
+    # None when the value came whole (the first one, sse_v1, or the final message).
+    edits: list[list[Json]] | None = None
 
 
 JobEvent = JobQueued | JobStarted | JobOutput
@@ -119,6 +126,10 @@ class _JobState:
     # The streamed value cannot be rebuilt (a diff against a value we never saw, or one that
     # does not apply): interim updates are skipped until a full value, the final message.
     out_of_sync: bool = False
+    # This read's diffs, applied once at the end of the read (``_take_output``).
+    pending: list[list[Json]] = field(default_factory=list)
+    changed: bool = False  # last_output moved since the last JobOutput
+    whole: bool = False  # ... and a whole value replaced it (its edits do not say how)
 
 
 class GradioQueueClient:
@@ -217,7 +228,7 @@ class GradioQueueClient:
         the job is cancelled on the server so Chat with RTX does not keep generating.
         """
         state = _JobState()
-        deadline = time.monotonic() + self.timeouts.total
+        deadline = asyncio.get_running_loop().time() + self.timeouts.total
         try:
             # Join first, then follow: Gradio buffers a session's messages until its stream
             # connects, exactly as the web UI relies on.
@@ -294,42 +305,74 @@ class GradioQueueClient:
                         f"Opening the answer stream failed: HTTP {resp.status}.",
                     )
                 parser = SseParser()
+                timer = _Deadline(asyncio.get_running_loop())
                 queued = False
-                while True:
-                    chunk = await self._read(resp, state, queued, deadline)
-                    if not chunk:
-                        raise self._stream_ended(parser)
-                    for payload in parser.feed(chunk):
-                        message = _decode(payload)
-                        event = self._handle(app, message, state)
-                        if isinstance(event, JobQueued):
-                            queued = True
-                        if event is not None:
+                try:
+                    while True:
+                        chunk = await self._read(resp, timer, state.started, queued, deadline)
+                        if not chunk:
+                            raise self._stream_ended(parser)
+                        events, failure = self._read_events(app, parser.feed(chunk), state)
+                        for event in events:
+                            queued |= isinstance(event, JobQueued)
                             yield event
+                        if failure is not None:
+                            raise failure
                         if state.finished:
                             return
+                finally:
+                    timer.close()
+
+    def _read_events(
+        self, app: GradioApp, payloads: Iterable[str], state: _JobState
+    ) -> tuple[list[JobEvent], BackendError | None]:
+        """The events of one read, its streamed updates merged into one ``JobOutput``, and the
+        error that ended the read, if one did. The events before a failure still come back
+        (first): the text that arrived with the failure is shown, as the partial answer."""
+        events: list[JobEvent] = []
+        try:
+            for payload in payloads:
+                event = self._handle(app, _decode(payload), state)
+                if event is None:
+                    continue
+                # Before any other event, the final one too: readers that pass on deltas
+                # (``rtxrelay serve``) have then streamed all the text when the answer ends.
+                self._take_output(state, events)
+                events.append(event)
+                if state.finished:
+                    return events, None  # anything after the final message is not ours
+        except BackendError as error:
+            self._take_output(state, events)
+            return events, error
+        self._take_output(state, events)
+        return events, None
 
     async def _read(
-        self, resp: aiohttp.ClientResponse, state: _JobState, queued: bool, deadline: float
+        self, resp: aiohttp.ClientResponse, timer: _Deadline, started: bool, queued: bool,
+        deadline: float,
     ) -> bytes:
-        now = time.monotonic()
-        if state.started:
+        if started:
             which, limit = _Limit.IDLE, self.timeouts.idle
         elif queued:
             # Waiting in line behind other users is legitimate; only the total limit applies.
             which, limit = _Limit.TOTAL, self.timeouts.total
         else:
             which, limit = _Limit.FIRST_EVENT, self.timeouts.first_event
-        wait = min(limit, deadline - now)
-        if wait <= 0:
+        now = timer.now()
+        if now >= deadline:
             raise self._timeout(_Limit.TOTAL, self.timeouts.total)
+        due = now + limit
+        if due >= deadline:
+            which, limit, due = _Limit.TOTAL, self.timeouts.total, deadline
+        timer.arm(due)
         try:
-            async with asyncio.timeout(wait):
-                return await resp.content.readany()
-        except TimeoutError:
-            if deadline - time.monotonic() <= 0:
-                raise self._timeout(_Limit.TOTAL, self.timeouts.total) from None
+            return await resp.content.readany()
+        except asyncio.CancelledError:
+            if not timer.claim():
+                raise  # not ours: the consumer is being cancelled
             raise self._timeout(which, limit) from None
+        finally:
+            timer.disarm()
 
     def _handle(self, app: GradioApp, message: Json, state: _JobState) -> JobEvent | None:
         msg = message.get("msg")
@@ -375,11 +418,10 @@ class GradioQueueClient:
             if not isinstance(data, list):
                 raise BackendError(BackendErrorKind.PROTOCOL, "A streaming update had no data.")
             if app.protocol not in DIFF_PROTOCOLS:
-                state.last_output = data
-            elif not self._follow_diffs(state, data):
-                return None  # wait for the final message, which carries the whole value
-            assert state.last_output is not None
-            return JobOutput(data=state.last_output, final=False)
+                state.last_output, state.changed, state.whole = data, True, True
+            else:
+                self._follow_diffs(state, data)
+            return None  # reported once per read, by _take_output
         if msg == "process_completed":
             state.finished = True
             output = message.get("output") or {}
@@ -392,8 +434,8 @@ class GradioQueueClient:
         return None  # log, progress and future messages are not needed for chat
 
     @staticmethod
-    def _follow_diffs(state: _JobState, data: list[Json]) -> bool:
-        """Rebuild the outputs from an sse_v2+ update; False when they cannot be rebuilt.
+    def _follow_diffs(state: _JobState, data: list[Json]) -> None:
+        """Take an sse_v2+ update: a whole first value, or diffs kept for the end of the read.
 
         Gradio keys a job's diff state on ``id(iterator)`` and a generator that raised leaves
         its entry behind: when the next job's iterator reuses that id, its first update is a
@@ -401,26 +443,36 @@ class GradioQueueClient:
         any diff that does not apply, is not fatal: the completed message carries the whole
         value, so the answer is only shown later, never lost."""
         if state.out_of_sync:
-            return False
+            return
         if state.last_output is None:
             if _looks_like_diffs(data):
                 state.out_of_sync = True
-                return False
-            state.last_output = data
-            return True
-        try:
-            if len(data) != len(state.last_output):
-                raise BackendError(BackendErrorKind.PROTOCOL, "The diff has other outputs.")
-            state.last_output = [
-                apply_diff(old, diff) if isinstance(diff, list) else old
-                for old, diff in zip(state.last_output, data, strict=True)
-            ]
-        except BackendError:
-            state.out_of_sync, state.last_output = True, None
-            # Not the edit itself: it is answer text, which is never logged.
-            log.info("a streamed update does not apply; waiting for the final answer")
-            return False
-        return True
+                return
+            state.last_output, state.changed, state.whole = data, True, True
+            return
+        state.pending.append(data)
+
+    @staticmethod
+    def _take_output(state: _JobState, events: list[JobEvent]) -> None:
+        """Apply the read's diffs at once and add the new value to ``events``, if it moved."""
+        edits: list[list[Json]] | None = None
+        if state.pending and state.last_output is not None:
+            try:
+                edits = merge_diffs(state.pending, len(state.last_output))
+                state.last_output = [
+                    apply_diff(old, diff) for old, diff in zip(state.last_output, edits,
+                                                                strict=True)]
+                state.changed = True
+            except BackendError:
+                state.out_of_sync, state.last_output, state.changed = True, None, False
+                # Not the edit itself: it is answer text, which is never logged.
+                log.info("a streamed update does not apply; waiting for the final answer")
+        state.pending.clear()
+        if not state.changed or state.last_output is None:
+            return
+        events.append(JobOutput(state.last_output, final=False,
+                                edits=None if state.whole else edits))
+        state.changed = state.whole = False
 
     # -- cancel -------------------------------------------------------------------------------
 
@@ -551,6 +603,68 @@ class GradioQueueClient:
             "Chat with RTX failed to answer" + (f": {_short(text)}" if text else "."),
             hint="Check the Chat with RTX window for the model's error.",
         )
+
+
+class _Deadline:
+    """One timer for every wait of a stream, instead of a timeout context around each read.
+
+    A wait ``arm``s it with its due time and ``disarm``s it when it returns. The timer is
+    only rescheduled when it fires while a later due time is armed (reads since pushed the
+    limit back) or a sooner one is armed, so a read costs a few attribute writes. It cancels
+    the waiting task only during a wait: never while the stream's generator is suspended at
+    a ``yield``, where the cancellation would land in the consumer's code instead.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._handle: asyncio.TimerHandle | None = None
+        self._scheduled = math.inf  # when the handle fires
+        self._due = math.inf  # when the current wait must end
+        self._task: asyncio.Task[Any] | None = None  # the waiting task, None between waits
+        self._cancelling = 0  # its cancel requests when the wait began
+        self._expired = False
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    def arm(self, due: float) -> None:
+        task = asyncio.current_task()
+        assert task is not None, "a stream is read inside a task"
+        self._task, self._due, self._cancelling = task, due, task.cancelling()
+        self._expired = False
+        if self._handle is None or due < self._scheduled:
+            self._schedule(due)
+
+    def disarm(self) -> None:
+        self._task = None
+
+    def claim(self) -> bool:
+        """After a cancellation in the wait: True when it was this timer's alone (it is then
+        withdrawn from the task, as ``asyncio.timeout`` does, and becomes a timeout)."""
+        if not self._expired or self._task is None:
+            return False
+        self._expired = False
+        return self._task.uncancel() <= self._cancelling
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _schedule(self, when: float) -> None:
+        self.close()
+        self._handle, self._scheduled = self._loop.call_at(when, self._fire), when
+
+    def _fire(self) -> None:
+        fired_for = self._scheduled
+        self._handle, self._scheduled = None, math.inf
+        if self._task is None:
+            return  # between waits: the next wait arms it again
+        if self._due > fired_for:
+            self._schedule(self._due)  # reads since pushed the limit back
+            return
+        self._expired = True
+        self._task.cancel()
 
 
 # What OpenSSL says when the server on the other end speaks plain http.

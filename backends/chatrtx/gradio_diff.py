@@ -3,7 +3,8 @@
 A ``process_generating`` message after the first one carries, per output, a list of
 ``[op, path, value]`` edits. Unlike ``gradio_client`` we edit the value in place instead of
 deep-copying the whole chat history for every token: the cost of an update is then the size of
-the diff, not the size of the conversation.
+the diff, not the size of the conversation. The updates of one read are merged first
+(``merge_diffs``), so the answer string grows once per read, not once per token.
 """
 
 from __future__ import annotations
@@ -24,6 +25,58 @@ def apply_diff(value: Json, diff: list[list[Json]]) -> Json:
             raise _bad_diff(f"malformed edit {edit!r}") from exc
         value = _apply_edit(value, list(path), op, new)
     return value
+
+
+def merge_diffs(updates: list[list[Json]], outputs: int) -> list[list[Json]]:
+    """The edits of consecutive updates as one update: per output, every edit in order, with
+    runs of text ``append``s to one path joined into one (``+=`` on a string copies it whole,
+    so N appends of a read would copy the answer N times). A non-list entry edits nothing."""
+    merged: list[list[Json]] = []
+    for index in range(outputs):
+        edits: list[Json] = []
+        parts: list[str] = []  # the texts of the append run at ``edits[-1]``, not joined yet
+        for update in updates:
+            if len(update) != outputs:
+                raise _bad_diff("an update has another number of outputs")
+            diff = update[index]
+            for edit in diff if isinstance(diff, list) else ():
+                text = _text_appended(edit)
+                if text is not None and parts and edit[1] == edits[-1][1]:
+                    parts.append(text)
+                    continue
+                _close_run(edits, parts)
+                edits.append(edit)
+                if text is not None:
+                    parts.append(text)
+        _close_run(edits, parts)
+        merged.append(edits)
+    return merged
+
+
+def _close_run(edits: list[Json], parts: list[str]) -> None:
+    if len(parts) > 1:
+        edits[-1] = ["append", edits[-1][1], "".join(parts)]
+    parts.clear()
+
+
+def appended_text(edits: list[Json], path: list[Json]) -> str | None:
+    """The text ``edits`` add at the end of the string at ``path`` when that is all they do
+    (``""`` for no edit at all); None when they do anything else."""
+    added: list[str] = []
+    for edit in edits:
+        text = _text_appended(edit)
+        if text is None or edit[1] != path:
+            return None
+        added.append(text)
+    return "".join(added)
+
+
+def _text_appended(edit: Json) -> str | None:
+    """The text of an ``append`` of text, None for any other edit (or a malformed one)."""
+    if isinstance(edit, list) and len(edit) == 3 and edit[0] == "append" \
+            and isinstance(edit[2], str):
+        return edit[2]
+    return None
 
 
 def _apply_edit(target: Json, path: list[Json], op: str, new: Json) -> Json:

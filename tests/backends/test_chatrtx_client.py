@@ -60,11 +60,14 @@ async def test_streams_the_models_text_on_every_protocol(
     assert final.text == convert_answer(expected_raw).text
     assert final.references == ("notes.txt", "report.pdf")
     assert "C:\\" not in final.text and "data-link" not in final.text
+    # However the reads fell, the text only grew, each delta is what it added, and it ended
+    # as the final text.
     texts = [u for u in updates if isinstance(u, TextSoFar)]
-    assert len(texts) > 20, "the answer must arrive as a stream, not in one piece"
+    assert texts, "the answer must arrive as a stream, not only at the end"
     for before, after in itertools.pairwise(texts):
         assert after.text.startswith(before.text)
         assert after.delta == after.text[len(before.text):]
+    assert "".join(u.delta for u in texts) == texts[-1].text
     assert final.text.startswith(texts[-1].text)
     assert isinstance(updates[0], Started)
     assert not any(isinstance(u, Queued) for u in updates), "nobody was ahead in line"
@@ -305,7 +308,19 @@ def _without_session_check(config: dict[str, Any]) -> dict[str, Any]:
 
 async def _scripted_stream(rtx_426: Replica, http: aiohttp.ClientSession,
                            messages: list[dict[str, Any]]) -> tuple[web.AppRunner, str]:
-    """Chat with RTX 0.3's real /config (sse_v3, diffs), then ``messages`` as the answer."""
+    """Chat with RTX 0.3's real /config (sse_v3, diffs), then ``messages`` as the answer,
+    each in a write of its own."""
+    return await _scripted_writes(rtx_426, http, [[message] for message in messages])
+
+
+Write = list[dict[str, Any]] | asyncio.Event
+
+
+async def _scripted_writes(rtx_426: Replica, http: aiohttp.ClientSession,
+                           writes: list[Write]) -> tuple[web.AppRunner, str]:
+    """Chat with RTX 0.3's real /config, then the answer: each list of messages in one write
+    (the client then reads them at once: the server runs in the test's own event loop and
+    does not yield between the sends of one write), each event waited for before going on."""
     async with http.get(rtx_426.base_url + "/config") as resp:
         config = _without_session_check(await resp.json())
 
@@ -318,8 +333,13 @@ async def _scripted_stream(rtx_426: Replica, http: aiohttp.ClientSession,
     async def data(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        for message in messages:
-            await resp.write(f"data: {json.dumps({'event_id': 'e1', **message})}\n\n".encode())
+        for write in writes:
+            if isinstance(write, asyncio.Event):
+                await write.wait()
+                continue
+            await resp.write(b"".join(
+                f"data: {json.dumps({'event_id': 'e1', **message})}\n\n".encode()
+                for message in write))
         return resp
 
     app = web.Application()
@@ -335,6 +355,118 @@ def _generating(chatbot: Any) -> dict[str, Any]:
 
 COMPLETED = {"msg": "process_completed", "success": True,
              "output": {"data": [[["hello", "Hello world, all of it."]], None]}}
+ANSWER_TOKENS = ["Hel", "lo", " world", ",", " all", " of", " it."]
+
+
+def _appended(token: str) -> dict[str, Any]:
+    return _generating([["append", [0, 1], token]])
+
+
+async def test_one_read_is_one_update_and_a_failure_later_in_it_keeps_the_text(
+    rtx_426: Replica, http: aiohttp.ClientSession
+) -> None:
+    """Every update of a read is applied at once and shown once; the model's failure in the
+    same read comes after that text, which stays the partial answer."""
+    failed = {"msg": "process_completed", "success": False,
+              "output": {"error": "CUDA out of memory"}}
+    one_read = [{"msg": "process_starts"}, _generating([["hello", ANSWER_TOKENS[0]]]),
+                *[_appended(token) for token in ANSWER_TOKENS[1:]], failed]
+    runner, url = await _scripted_writes(rtx_426, http, [one_read])
+    try:
+        updates = await collect(backend_for(http, url), "hello")
+    finally:
+        await runner.cleanup()
+    assert isinstance(updates[0], Started)
+    assert [u for u in updates if isinstance(u, TextSoFar)] == [
+        TextSoFar("Hello world, all of it.", "Hello world, all of it.")]
+    final = updates[-1]
+    assert isinstance(final, Failed) and final.error.kind is BackendErrorKind.FAILED
+    assert "CUDA out of memory" in final.error.message
+    assert final.partial_text == "Hello world, all of it."
+
+
+async def test_reads_merge_into_updates_whose_deltas_add_up(
+    rtx_426: Replica, http: aiohttp.ClientSession
+) -> None:
+    first, second = ANSWER_TOKENS[:3], ANSWER_TOKENS[3:]
+    release = asyncio.Event()
+    writes: list[Write] = [
+        [{"msg": "process_starts"}, _generating([["hello", first[0]]]),
+         *[_appended(t) for t in first[1:]]],
+        release,
+        [*[_appended(t) for t in second], COMPLETED],
+    ]
+    runner, url = await _scripted_writes(rtx_426, http, writes)
+    try:
+        updates: list[object] = []
+        async with asyncio.timeout(30):
+            async for update in backend_for(http, url).stream_answer("hello", [], session="s"):
+                updates.append(update)
+                release.set()  # the second read comes once the first was taken
+    finally:
+        await runner.cleanup()
+    # One update per read; the text of the read that ends the answer is streamed too, so
+    # the deltas add up to the whole answer (what `rtxrelay serve` sends).
+    texts = [u for u in updates if isinstance(u, TextSoFar)]
+    assert texts == [TextSoFar("Hello world", "Hello world"),
+                     TextSoFar("Hello world, all of it.", ", all of it.")]
+    assert updates[-1] == Done("Hello world, all of it.", "Hello world, all of it.")
+
+
+async def test_the_idle_limit_counts_only_while_waiting_for_chat_with_rtx(
+    rtx_426: Replica, http: aiohttp.ClientSession
+) -> None:
+    """A consumer that keeps the stream waiting at an update (a bot editing its message)
+    longer than the idle limit is neither cancelled nor told Chat with RTX stalled."""
+    release = asyncio.Event()
+    writes: list[Write] = [
+        [{"msg": "process_starts"}, _generating([["hello", "Hel"]])],
+        release,
+        [_appended("lo"), COMPLETED],
+    ]
+    runner, url = await _scripted_writes(rtx_426, http, writes)
+    idle = 0.1
+    try:
+        backend = backend_for(http, url, timeouts=Timeouts(idle=idle, first_event=idle))
+        updates: list[object] = []
+        async with asyncio.timeout(30):
+            async for update in backend.stream_answer("hello", [], session="s"):
+                updates.append(update)
+                if isinstance(update, TextSoFar):
+                    # The scenario, not a wait: a consumer busy for three idle limits.
+                    await asyncio.sleep(3 * idle)
+                    release.set()
+    finally:
+        await runner.cleanup()
+    assert updates[-1] == Done("Hello world, all of it.", "Hello world, all of it.")
+
+
+async def test_cancelling_the_consumer_mid_answer_is_a_cancellation(
+    rtx_426: Replica, http: aiohttp.ClientSession
+) -> None:
+    never = asyncio.Event()
+    writes: list[Write] = [[{"msg": "process_starts"}, _generating([["hello", "Hel"]])], never]
+    runner, url = await _scripted_writes(rtx_426, http, writes)
+    shown = asyncio.Event()
+    seen: list[object] = []
+
+    async def consume() -> None:
+        async for update in backend_for(http, url).stream_answer("hello", [], session="s"):
+            seen.append(update)
+            if isinstance(update, TextSoFar):
+                shown.set()
+
+    try:
+        task = asyncio.create_task(consume())
+        async with asyncio.timeout(30):
+            await shown.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    finally:
+        never.set()
+        await runner.cleanup()
+    assert not any(isinstance(u, Failed) for u in seen)
 
 
 @pytest.mark.parametrize(("case", "stream"), [

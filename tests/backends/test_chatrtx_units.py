@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rtxrelay.backends.chatrtx.answer_html import convert_answer, scrub_paths
-from rtxrelay.backends.chatrtx.gradio_diff import apply_diff
+from rtxrelay.backends.chatrtx.gradio_diff import appended_text, apply_diff, merge_diffs
 from rtxrelay.backends.chatrtx.launch_url import parse_launch_url
 from rtxrelay.backends.sse import SseParser
 from rtxrelay.core.errors import BackendError, BackendErrorKind
@@ -19,6 +19,18 @@ def test_sse_events_split_across_chunks_and_line_endings() -> None:
     for i in range(len(stream)):  # one byte at a time: the worst chunking
         events += parser.feed(stream[i:i + 1])
     assert events == ['{"msg":"a"}', '{"msg":', '{"msg":"c"}']
+    assert not parser.has_partial_event
+
+
+def test_sse_events_of_one_read_come_together() -> None:
+    parser = SseParser()
+    events = parser.feed(b'data: {"a":1}\n\ndata: {"b":2}\n\n: ping\n\ndata: x\ndata: y\n\n'
+                         b'event: e\nid: 7\ndata: z\n\ndata: {"c"')
+    assert events == ['{"a":1}', '{"b":2}', "x\ny", "z"]
+    assert parser.has_partial_event
+    # CRLF and a blank line cut between reads, right inside the CRLF.
+    assert parser.feed(b':3}\r\n\r') == []
+    assert parser.feed(b'\ndata: \xc3\xa9\r\n\r\n') == ['{"c":3}', "é"]
     assert not parser.has_partial_event
 
 
@@ -43,6 +55,27 @@ def test_gradio_diff_operations() -> None:
     assert history == [["q", None]]
     assert apply_diff("ab", [["append", [], "c"]]) == "abc"
     assert apply_diff({"k": 1}, [["replace", ["k"], 2], ["add", ["n"], 3]]) == {"k": 2, "n": 3}
+
+
+def test_the_diffs_of_one_read_merge_into_one_append() -> None:
+    history = [["hi", "He"]]
+    updates = [[[["append", [0, 1], "l"]], []], [[["append", [0, 1], "lo"]], None],
+               [[["append", [0, 1], " you"]], []]]
+    merged = merge_diffs(updates, 2)
+    assert merged == [[["append", [0, 1], "llo you"]], []]
+    assert apply_diff(history, merged[0]) == [["hi", "Hello you"]]
+    assert appended_text(merged[0], [0, 1]) == "llo you"
+    assert appended_text([], [0, 1]) == ""
+    # Anything but appends to that one string is not an append.
+    assert appended_text([["replace", [0, 1], "x"]], [0, 1]) is None
+    assert appended_text([["append", [1, 1], "x"]], [0, 1]) is None
+    # Other edits keep their order; only runs of appends to one path are joined.
+    mixed = merge_diffs([[[["append", [0, 1], "a"], ["add", [1], ["q", None]]]],
+                         [[["append", [1, 1], "b"], ["append", [1, 1], "c"]]]], 1)
+    assert mixed == [[["append", [0, 1], "a"], ["add", [1], ["q", None]],
+                      ["append", [1, 1], "bc"]]]
+    with pytest.raises(BackendError):
+        merge_diffs([[[], []], [[]]], 2)
 
 
 def test_a_diff_that_does_not_fit_is_a_protocol_error() -> None:
@@ -131,4 +164,5 @@ def test_streaming_converter_matches_full_conversion(question: str) -> None:
 
     converter = StreamingConverter()
     for chunk in fake_model.answer_stream(question, []):
-        assert converter.feed(chunk) == convert_answer(chunk, streaming=True).text
+        converter.feed(chunk)
+        assert converter.text == convert_answer(chunk, streaming=True).text

@@ -4,6 +4,7 @@ byte, and no folder of it survives."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -11,12 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rtxrelay.backends.chatrtx import answer_html
 from rtxrelay.backends.chatrtx.answer_html import (
     PATH_PLACEHOLDER,
     StreamingConverter,
     convert_answer,
     scrub_paths,
 )
+from tests.replica import fake_model
 
 P = PATH_PLACEHOLDER
 BOUNDED = settings(max_examples=200, deadline=None)
@@ -142,6 +145,12 @@ def test_in_code_only_paths_with_a_folder_are_scrubbed() -> None:
     )
 
 
+def test_prose_between_two_code_spans_has_prose_rules() -> None:
+    # The closing backticks of a span open nothing: a folder between two spans is prose.
+    assert scrub_paths(r"Run `a` on C:\bob then `b`.") == f"Run `a` on {P} then `b`."
+    assert scrub_paths(r"`x` and `C:\y.txt`") == r"`x` and `C:\y.txt`"
+
+
 def test_an_unclosed_fence_is_code_to_the_end() -> None:
     assert scrub_paths("```\nC:\\x.ini\n") == "```\nC:\\x.ini\n"
     assert scrub_paths("~~~\n~~~\nC:\\x.ini") == "~~~\n~~~\nx.ini"
@@ -173,8 +182,9 @@ def test_streaming_sees_a_forward_slash_path_split_across_updates() -> None:
     text = "Your notes are in /home/alice/notes/todo.md and C:/Users/alice/x.txt, fine."
     converter = StreamingConverter()
     for end in range(1, len(text) + 1):
-        assert converter.feed(text[:end]) == convert_answer(text[:end], streaming=True).text
-    assert converter.feed(text) == "Your notes are in todo.md and x.txt, fine."
+        converter.feed(text[:end])
+        assert converter.text == convert_answer(text[:end], streaming=True).text
+    assert converter.text == "Your notes are in todo.md and x.txt, fine."
 
 
 # -- properties ---------------------------------------------------------------------------------
@@ -368,4 +378,129 @@ def test_streaming_agrees_with_full_conversion(
     text = case[0]
     converter = StreamingConverter()
     for end in [*sorted(cuts), len(text)]:
-        assert converter.feed(text[:end]) == convert_answer(text[:end], streaming=True).text
+        converter.feed(text[:end])
+        assert converter.text == convert_answer(text[:end], streaming=True).text
+
+
+# -- streaming: the incremental conversion is the whole conversion --------------------------------
+
+# Pieces of Chat with RTX answers where a cut or a streamed update can matter: line breaks of
+# both kinds, tags whole and cut, code fences and backtick runs, paths of every form (quoted,
+# spaced, split across updates), the app's reference HTML, blank-line runs, trailing spaces.
+STREAM_PIECES = (
+    "word", "the", " ", " ", "  ", "\t", "\n", "\n", "\r\n", "\n\n\n", "<br>", "<br>", "<BR/>",
+    "<br />", "<br", "<b>", "</b>", "<", ">", "`", "``", "```", "```python\n", "~~~\n", "\n```\n",
+    "C:\\Users\\bob\\x.txt", "C:\\bob", "C:", "\\", "/", ":", "/home/alice/notes.md",
+    "//nas/share/x.txt", "\\\\nas\\team\\q.xlsx", "https://example.com/a", '"C:\\My Docs\\a b.txt"',
+    "'C:\\x y\\z'", "%USERPROFILE%\\x", "~/x.txt", "$HOME/a/b.txt", "/tmp/x/y.txt",
+    "file:///C:/a.txt", "See all matches", "Reference files:",
+    '<a data-link="C:\\a\\b.txt">b.txt</a>', '<img src="file/a.png"/>', "<div>",
+    "\x00", "é", "。", "x", ".", ",", "(", ")",
+)
+
+
+@st.composite
+def streamed_answers(draw: st.DrawFn) -> tuple[list[str], list[bool], int]:
+    """(the cumulative texts of a stream, whether each update says what it appended, the
+    converter's plain-tail threshold: small ones settle plain text early)."""
+    # A few pieces, many times: constructs meet (and cuts fall between them) far more often.
+    palette = draw(st.lists(st.sampled_from(STREAM_PIECES), min_size=1, max_size=8))
+    text = "".join(draw(st.lists(st.sampled_from(palette), min_size=40, max_size=120)))
+    cuts = draw(st.lists(st.integers(1, len(text)), min_size=10, max_size=60))
+    ends = [*sorted(set(cuts)), len(text)]
+    raws = [text[:end] for end in ends]
+    if draw(st.booleans()):  # an update that rewrites earlier text, as a Gradio replace can
+        at = draw(st.integers(0, len(raws) - 1))
+        raws.insert(at, raws[at][: draw(st.integers(0, len(raws[at])))] + "C:\\Users\\x")
+    hints = draw(st.lists(st.booleans(), min_size=len(raws), max_size=len(raws)))
+    return raws, hints, draw(st.sampled_from([0, 4, 64, 2048]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(streamed_answers())
+def test_streaming_is_the_whole_conversion_at_every_update(
+    case: tuple[list[str], list[bool], int],
+) -> None:
+    raws, hints, plain_tail = case
+    converter = type("Converter", (StreamingConverter,), {"_PLAIN_TAIL": plain_tail})()
+    _check_stream(converter, raws, hints)
+
+
+def _check_stream(converter: StreamingConverter, raws: list[str], hints: list[bool]) -> None:
+    previous, shown = "", ""
+    for raw, hint in zip(raws, hints, strict=True):
+        appended = raw[len(previous):] if hint and raw.startswith(previous) else None
+        change = converter.feed(raw, appended)
+        expected = convert_answer(raw, streaming=True).text
+        assert converter.text == expected, (raws, raw)
+        if change is None:
+            assert expected == shown
+        else:
+            assert change.text == expected != shown
+            # The delta is exactly what was added; "" only when earlier text changed.
+            assert change.delta == (expected[len(shown):] if expected.startswith(shown) else "")
+            shown = expected
+        previous = raw
+
+
+@pytest.mark.parametrize(("seed", "plain_tail"), [(1, 0), (2, 4), (3, 2048)])
+def test_streaming_agrees_on_dense_random_streams(seed: int, plain_tail: int) -> None:
+    """Seeded, so reproducible: a few pieces dominate each stream (skewed weights), which
+    puts tags, fences, backtick runs and paths next to each other and next to the cuts far
+    more often than uniform draws do."""
+    rng = random.Random(seed)
+    converter_type = type("Converter", (StreamingConverter,), {"_PLAIN_TAIL": plain_tail})
+    for _ in range(300):
+        weights = [rng.random() ** 3 for _ in STREAM_PIECES]
+        text = "".join(rng.choices(STREAM_PIECES, weights, k=rng.randint(1, 120)))
+        ends = sorted(rng.sample(range(1, len(text) + 1), min(len(text), rng.randint(1, 60))))
+        raws = [text[:end] for end in ends] + ([text] if ends[-1] != len(text) else [])
+        if rng.random() < 0.2:
+            at = rng.randrange(len(raws))
+            raws.insert(at, raws[at][: rng.randint(0, len(raws[at]))] + rng.choice(STREAM_PIECES))
+        _check_stream(converter_type(), raws, [rng.random() < 0.8 for _ in raws])
+
+
+def test_a_tag_completed_by_a_later_update_is_not_taken_for_growth() -> None:
+    # "<" is shown as it is until "br>" makes it a line break: the text changed, not grew.
+    converter = StreamingConverter()
+    _check_stream(converter, ["a<br>", "a<br><", "a<br><br>b", "a<br><br>b c"], [True] * 4)
+    assert converter.text == "a\n\nb c"
+
+
+def _chatrtx_stream(question: str) -> list[str]:
+    """The replica's answer as Chat with RTX itself writes it: ``<br>`` for every newline."""
+    return [raw.replace("\n", "<br>") for raw in fake_model.answer_stream(question, [])]
+
+
+@pytest.mark.parametrize("question", ["a [len=6000]", "b [len=6000] [code]", "c [refs] [len=900]"])
+def test_streaming_chatrtx_html_matches_the_whole_conversion(question: str) -> None:
+    converter = StreamingConverter()
+    for raw in _chatrtx_stream(question):
+        converter.feed(raw)
+        assert converter.text == convert_answer(raw, streaming=True).text
+
+
+def test_streaming_never_converts_the_whole_answer_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per update, only the paragraph being written is scanned for paths (before, once the
+    first ``<br>`` arrived, every token re-converted the whole answer)."""
+    scanned: list[int] = []
+
+    def scrub(text: str) -> str:
+        scanned.append(len(text))
+        return scrub_paths(text)
+
+    def whole(raw: str, *, streaming: bool = False) -> answer_html.ConvertedAnswer:
+        raise AssertionError("the whole answer was converted")
+
+    monkeypatch.setattr(answer_html, "scrub_paths", scrub)
+    monkeypatch.setattr(answer_html, "convert_answer", whole)
+    stream = _chatrtx_stream("x [len=20000] [code] C:\\Users\\bob\\notes.txt")
+    converter, previous = StreamingConverter(), ""
+    for raw in stream:
+        converter.feed(raw, raw[len(previous) :])  # what Gradio's append diffs say
+        previous = raw
+    monkeypatch.undo()
+    assert converter.text == convert_answer(stream[-1], streaming=True).text
+    assert len(stream[-1]) > 20_000 and scanned
+    assert max(scanned) < 1_000, max(scanned)  # a paragraph or a code block, never the answer
