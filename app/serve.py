@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import contextvars
 import hmac
-import ipaddress
 import json
 import logging
 import time
@@ -33,6 +32,7 @@ from rtxrelay.core.conversation import ConversationService, Finished, valid_text
 from rtxrelay.core.cutoff import estimate_tokens
 from rtxrelay.core.env import Env
 from rtxrelay.core.errors import BackendError, BackendErrorKind, ConfigError
+from rtxrelay.core.hosts import is_loopback_host
 
 log = logging.getLogger(__name__)
 
@@ -73,21 +73,12 @@ class ApiSettings:
         return settings
 
     def check(self) -> None:
-        if not _is_loopback(self.host) and not self.api_key:
+        if not is_loopback_host(self.host) and not self.api_key:
             raise ConfigError(
                 f"rtxrelay serve would listen on {self.host} without a key: anyone who can "
                 "reach this PC could use the model.", setting="RTXRELAY_API_KEY",
                 hint="Set RTXRELAY_API_KEY (clients send it as their API key), or listen on "
                 "127.0.0.1.")
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class ApiError(Exception):

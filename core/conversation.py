@@ -405,6 +405,8 @@ class _Job:
         self._items: deque[_JobItem] = deque()
         self._arrived = asyncio.Event()
         self._stopper = asyncio.create_task(stop.wait())
+        # A stop wakes a waiting ``next`` like an item does: one event, no task per item.
+        self._stopper.add_done_callback(lambda _: self._arrived.set())
         self._producer = asyncio.create_task(self._produce(slots, stream), name=name)
 
     async def next(self) -> _JobItem | None:
@@ -414,9 +416,7 @@ class _Job:
             if self._stopper.done():
                 return None
             self._arrived.clear()
-            arrival = asyncio.create_task(self._arrived.wait())
-            await asyncio.wait({arrival, self._stopper}, return_when=asyncio.FIRST_COMPLETED)
-            arrival.cancel()
+            await self._arrived.wait()
         item = self._items.popleft()
         # Only the newest text matters to a reader; deltas are joined so none is lost.
         while isinstance(item, TextSoFar) and self._items and isinstance(self._items[0],

@@ -7,12 +7,12 @@ are needed. Users paste that URL (or the whole line) into ``RTX_URL``.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 from rtxrelay.core.errors import BackendError, BackendErrorKind
+from rtxrelay.core.hosts import is_loopback_host
 
 _URL_IN_LINE = re.compile(r"https?://\S+", re.IGNORECASE)
 COOKIE_NAME = "_s_chat_"
@@ -39,12 +39,7 @@ class LaunchUrl:
 
     @property
     def is_loopback(self) -> bool:
-        if self.host.lower() == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        return is_loopback_host(self.host)
 
     @property
     def cookie_header(self) -> dict[str, str]:

@@ -48,7 +48,6 @@ class _Attempt:
     """One streamed answer's state."""
 
     text: str = ""
-    reasoning_chars: int = 0
     usage: Usage | None = None
     finish_reason: str | None = None
 
@@ -186,7 +185,6 @@ class OpenAiBackend:
                         attempt.usage = chunk.usage
                     if chunk.finish_reason:
                         attempt.finish_reason = chunk.finish_reason
-                    attempt.reasoning_chars += len(chunk.reasoning)
                     if chunk.content:
                         split = splitter.feed(chunk.content)
                         if split.retracted:
@@ -214,7 +212,6 @@ class OpenAiBackend:
 
     @staticmethod
     def _keep(attempt: _Attempt, split: Split, pieces: list[str]) -> None:
-        attempt.reasoning_chars += len(split.reasoning)
         # An answer starts at its first visible character (models open with blank lines).
         piece = split.answer if attempt.text or pieces else split.answer.lstrip()
         if piece:

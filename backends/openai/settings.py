@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 from yarl import URL
 
 from rtxrelay.core.env import Env
 from rtxrelay.core.errors import ConfigError
+from rtxrelay.core.hosts import is_loopback_host
 
 # ChatRTX 0.5 serves its NIM model here, and only while the ChatRTX app has it loaded.
 CHATRTX_NIM_PORT = 8000
@@ -40,13 +40,7 @@ class OpenAiEndpoint:
 
     @property
     def is_loopback(self) -> bool:
-        host = (self.url.host or "").lower()
-        if host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
+        return is_loopback_host(self.url.host or "")
 
     @property
     def is_chatrtx_nim(self) -> bool:

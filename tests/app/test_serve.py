@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,9 @@ async def test_chatrtx_as_an_openai_model(rtx_426: Replica, tmp_path: Path) -> N
         whole = await client.chat.completions.create(model="chatrtx", messages=ask(question))
         assert whole.choices[0].message.content == expected(question)
         assert whole.usage is not None and whole.usage.completion_tokens > 0
+    # The README's promise: API requests are not stored (the client keeps its conversation).
+    with contextlib.closing(sqlite3.connect(tmp_path / "api.db")) as db:
+        assert db.execute("SELECT COUNT(*) FROM turns").fetchone() == (0,)
 
 
 async def test_history_comes_from_messages(rtx_426: Replica, tmp_path: Path) -> None:
