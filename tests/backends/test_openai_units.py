@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from rtxrelay.app.settings import BackendFamily, load_settings
 from rtxrelay.backends.openai.client import _is_context_error, _retry_after
 from rtxrelay.backends.openai.reasoning import Split, ThinkSplitter
-from rtxrelay.backends.openai.settings import OpenAiSettings, parse_base_url
+from rtxrelay.backends.openai.settings import OpenAiSettings, OpenAiTimeouts, parse_base_url
 from rtxrelay.core.errors import ConfigError
 
 
@@ -118,3 +118,36 @@ def test_context_errors_are_told_from_other_400s(body: dict[str, object]) -> Non
     assert _is_context_error(body, json.dumps(body))
     other = {"error": {"message": "'messages' must not be empty", "type": "invalid_request"}}
     assert not _is_context_error(other, json.dumps(other))
+
+
+def test_every_openai_setting_is_read() -> None:
+    """Each OPENAI_* setting the README lists reaches the backend's settings."""
+    from rtxrelay.core.env import Env
+
+    settings = OpenAiSettings.from_env(Env({
+        "OPENAI_BASE_URL": "http://localhost:1234", "OPENAI_API_KEY": "k",
+        "OPENAI_MODEL": "m", "SYSTEM_PROMPT": "Be brief.", "OPENAI_TEMPERATURE": "0.5",
+        "OPENAI_MAX_TOKENS": "300", "OPENAI_CONNECT_TIMEOUT": "3",
+        "OPENAI_FIRST_TOKEN_TIMEOUT": "40", "OPENAI_IDLE_TIMEOUT": "50",
+        "OPENAI_TOTAL_TIMEOUT": "600", "OPENAI_BUSY_WAIT": "7",
+        "OPENAI_ALLOW_REMOTE_HTTP": "1"}))
+    assert (settings.api_key, settings.model, settings.system_prompt) == ("k", "m", "Be brief.")
+    assert (settings.temperature, settings.max_tokens, settings.busy_wait) == (0.5, 300, 7.0)
+    assert settings.timeouts == OpenAiTimeouts(3.0, 40.0, 50.0, 600.0)
+    assert settings.allow_remote_http and settings.endpoint().base == "http://localhost:1234/v1"
+    with pytest.raises(ConfigError, match="OPENAI_TEMPERATURE"):
+        OpenAiSettings.from_env(Env({"OPENAI_TEMPERATURE": "hot"}))
+
+
+def test_every_api_setting_is_read() -> None:
+    from rtxrelay.app.serve import ApiSettings
+    from rtxrelay.core.env import Env
+
+    api = ApiSettings.from_env(Env({
+        "RTXRELAY_API_HOST": "0.0.0.0", "RTXRELAY_API_PORT": "9000",
+        "RTXRELAY_API_KEY": "k", "RTXRELAY_API_CORS_ORIGINS": "http://a:3000/, http://b",
+        "RTXRELAY_API_MAX_WAITING": "3"}))
+    assert api == ApiSettings("0.0.0.0", 9000, "k", ("http://a:3000", "http://b"), 3)
+    assert ApiSettings.from_env(Env({}), host="::1", port=0).host == "::1"
+    with pytest.raises(ConfigError, match="without a key"):
+        ApiSettings.from_env(Env({"RTXRELAY_API_HOST": "0.0.0.0"}))
