@@ -172,8 +172,8 @@ def _cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
         async with open_relay(settings) as relay:
             # A one-off question: its own conversation (persisted like any other).
             key = ConversationKey("cli", "ask", uuid.uuid4().hex[:8])
-            return await terminal.print_answer(relay.service.ask(key, question), sys.stdout,
-                                               sys.stderr)
+            answer = relay.service.ask(key, question, read_window=terminal.READ_WINDOW)
+            return await terminal.print_answer(answer, sys.stdout, sys.stderr)
 
     return asyncio.run(go())
 

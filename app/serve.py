@@ -42,6 +42,9 @@ KEEPALIVE_SECONDS = 15.0  # an SSE comment while a streamed request waits in lin
 HEALTH_TTL = 10.0  # /health probes the backend at most this often
 MODELS_TTL = 30.0  # the backend's model list is asked again at most this often (or when a
 # request names a model not in it), not before every request
+# Answer text is read at most this often once it flows (Backend.stream_answer): a client
+# sees text 20 times a second, and the tokens in between cost no wake-up each.
+READ_WINDOW = 0.05
 MAX_BODY_BYTES = 4 * 1024 * 1024
 # The tokens of the answer being served, for the request's log line (the handler runs in the
 # log middleware's task, so it sees what the handler set).
@@ -264,7 +267,8 @@ class OpenAiApi:
                            "again shortly.", kind="rate_limit_exceeded",
                            code="queue_full", headers={"Retry-After": "10"})
         asked = await self._parse(request)
-        answer = self._service.complete(asked.question, asked.history, asked.options)
+        answer = self._service.complete(asked.question, asked.history, asked.options,
+                                        read_window=READ_WINDOW)
         async with contextlib.aclosing(answer):
             if asked.stream:
                 return await self._stream(request, asked, answer)

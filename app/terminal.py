@@ -23,6 +23,9 @@ from rtxrelay.core.store import ConversationKey, TurnStatus
 
 EXIT_OK, EXIT_FAILED = 0, 1
 LEAVE_HINT = "Ctrl+Z then Enter" if sys.platform == "win32" else "Ctrl+D"
+# Text is read at most this often once it flows (Backend.stream_answer): 20 prints a second
+# read as a smooth stream, and the tokens in between cost no wake-up each.
+READ_WINDOW = 0.05
 
 
 def print_error(exc: RelayError, err: TextIO) -> None:
@@ -151,7 +154,8 @@ async def chat(service: ConversationService, key: ConversationKey, *, new: bool,
             print("rtx> ", end="", file=err, flush=True)
         stop = asyncio.Event()
         with ctrl_c_stops(stop):
-            stream = (service.retry(key, stop=stop) if text == "/retry"
-                      else service.ask(key, text, stop=stop))
+            stream = (service.retry(key, stop=stop, read_window=READ_WINDOW)
+                      if text == "/retry"
+                      else service.ask(key, text, stop=stop, read_window=READ_WINDOW))
             status = max(status, await print_answer(stream, out, err))
     return status

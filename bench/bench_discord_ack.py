@@ -139,7 +139,8 @@ class SyntheticBackend:
         self._step = 1.0 / tokens_per_second
 
     async def stream_answer(
-        self, question: str, history: Sequence[Exchange], *, session: str
+        self, question: str, history: Sequence[Exchange], *, session: str,
+        read_window: float = 0.0,
     ) -> AsyncIterator[BackendUpdate]:
         yield Started()
         text = ""

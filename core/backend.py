@@ -103,11 +103,13 @@ class Backend(Protocol):
 
     def stream_answer(
         self, question: str, history: Sequence[Exchange], *, session: str,
-        options: AnswerOptions | None = None,
+        options: AnswerOptions | None = None, read_window: float = 0.0,
     ) -> AsyncGenerator[BackendUpdate, None]:
         """Yield updates; the last one is ``Done`` or ``Failed``. Closing the generator early
         (``aclose``) must cancel the answer on the backend. ``options``: honoured where the
-        backend can (see ``AnswerOptions``)."""
+        backend can (see ``AnswerOptions``). ``read_window``: how often the consumer can use
+        new text (seconds); once text flows, the backend may gather what arrives within it
+        into one update instead of waking per token (0: as it comes)."""
         ...
 
     async def models(self) -> list[str]:

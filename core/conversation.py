@@ -145,7 +145,8 @@ class ConversationService:
         await self._store.reset(str(key))
 
     async def retry(
-        self, key: ConversationKey, *, stop: asyncio.Event | None = None
+        self, key: ConversationKey, *, stop: asyncio.Event | None = None,
+        read_window: float = 0.0,
     ) -> AsyncGenerator[ReplyUpdate, None]:
         """Ask the last question again; the earlier answer is kept but no longer used."""
         if self.is_busy(key):
@@ -157,16 +158,19 @@ class ConversationService:
             yield Rejected("There is nothing to retry yet.")
             return
         await self._store.set_status(turns[-1].id, TurnStatus.SUPERSEDED)
-        async with contextlib.aclosing(self.ask(key, turns[-1].question, stop=stop)) as updates:
+        async with contextlib.aclosing(self.ask(key, turns[-1].question, stop=stop,
+                                                read_window=read_window)) as updates:
             async for update in updates:
                 yield update
 
     async def ask(
-        self, key: ConversationKey, question: str, *, stop: asyncio.Event | None = None
+        self, key: ConversationKey, question: str, *, stop: asyncio.Event | None = None,
+        read_window: float = 0.0,
     ) -> AsyncGenerator[ReplyUpdate, None]:
         """Stream the answer. ``stop`` (optional, the caller's) ends it as INTERRUPTED like
         ``cancel`` does, and also works when set before the job started: a bot shutting down
-        can stop answers that are still waiting to begin."""
+        can stop answers that are still waiting to begin. ``read_window``: how often the
+        caller can use new text (``Backend.stream_answer``)."""
         question = valid_text(question).strip()
         if not question:
             yield Rejected("The question is empty.")
@@ -186,14 +190,15 @@ class ConversationService:
         try:
             # aclosing: if our consumer stops early, the inner generator's cleanup (cancel the
             # backend job, store the partial answer) must run now, not at garbage collection.
-            async with contextlib.aclosing(self._answer(name, question, stop)) as updates:
+            async with contextlib.aclosing(
+                    self._answer(name, question, stop, read_window)) as updates:
                 async for update in updates:
                     yield update
         finally:
             self._inflight.pop(name, None)
 
     async def _answer(
-        self, key: str, question: str, stop: asyncio.Event
+        self, key: str, question: str, stop: asyncio.Event, read_window: float
     ) -> AsyncGenerator[ReplyUpdate, None]:
         """Persistence and mapping: the question is stored first, the backend's updates are
         passed on, and the turn is finished with exactly one status whatever happens."""
@@ -210,7 +215,7 @@ class ConversationService:
             return
 
         job = _Job(self._slots, lambda: self._backend.stream_answer(
-            question, history, session=conversation.session), stop,
+            question, history, session=conversation.session, read_window=read_window), stop,
             on_stuck=self._close_line, name=f"rtxrelay-answer-{key}")
         text = ""
         final: Finished | None = None
@@ -268,7 +273,7 @@ class ConversationService:
 
     async def complete(
         self, question: str, history: Sequence[Exchange], options: AnswerOptions, *,
-        name: str = "api",
+        name: str = "api", read_window: float = 0.0,
     ) -> AsyncGenerator[ReplyUpdate, None]:
         """One answer for a caller that brings its own history (``rtxrelay serve``): nothing
         is stored, the job waits in the same line as the bots' questions, and ``stop`` /
@@ -280,7 +285,7 @@ class ConversationService:
             Cutoff(options.stop, options.max_tokens)
         job = _Job(self._slots, lambda: self._backend.stream_answer(
             question, history, session=f"rtxrelay-{name}-{uuid.uuid4().hex[:12]}",
-            options=options), asyncio.Event(), on_stuck=self._close_line,
+            options=options, read_window=read_window), asyncio.Event(), on_stuck=self._close_line,
             name=f"rtxrelay-answer-{name}")
         shown = ""
         try:

@@ -69,8 +69,10 @@ class Replies:
                                placeholder_shown=placeholder_shown,
                                shared_budget=self.bot_wide_budget, on_sent=messages.sent)
         with self._inflight.track() as stop:
-            updates = (self.service.retry(key, stop=stop) if question is None
-                       else self.service.ask(key, question, stop=stop))
+            window = profile.read_window
+            updates = (self.service.retry(key, stop=stop, read_window=window)
+                       if question is None
+                       else self.service.ask(key, question, stop=stop, read_window=window))
             outcome = await reply.run(messages.follow(updates))
             if then is not None:
                 await then(outcome)

@@ -31,6 +31,7 @@ from .store import MessageRef, TurnStatus
 
 log = logging.getLogger(__name__)
 BOT_WIDE = "bot"  # the one key of a bot-wide budget (SlidingWindowLimiter)
+MAX_READ_WINDOW = 0.25  # seconds; see PlatformProfile.read_window
 
 
 class RetryLater(Exception):
@@ -129,6 +130,13 @@ class PlatformProfile:
     reserve: int = 64  # room kept for the cursor and status footers
     final_patience: float = 900.0  # how long to keep retrying the final text after 429s
     texts: ReplyTexts = field(default_factory=ReplyTexts)
+
+    @property
+    def read_window(self) -> float:
+        """How often the answer stream is read once text flows (``Backend.stream_answer``):
+        a fraction of the edit interval, so an edit never shows text older than that, and
+        capped so the end of an answer is never late by more than a quarter of a second."""
+        return min(self.edit_interval / 4, MAX_READ_WINDOW)
 
 
 class ReplyStatus(enum.Enum):

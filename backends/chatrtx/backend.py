@@ -247,11 +247,12 @@ class ChatRtxBackend:
 
     async def stream_answer(
         self, question: str, history: Sequence[Exchange], *, session: str,
-        options: AnswerOptions | None = None,
+        options: AnswerOptions | None = None, read_window: float = 0.0,
     ) -> AsyncGenerator[BackendUpdate, None]:
         """``options`` are not Chat with RTX's to honour (no system prompt, no sampling
         settings in its UI): the service emulates ``stop`` and ``max_tokens``."""
-        async with contextlib.aclosing(self._answer_once(question, history, session)) as first:
+        async with contextlib.aclosing(
+                self._answer_once(question, history, session, read_window)) as first:
             async for update in first:
                 # Nothing shown yet and Chat with RTX moved (a new RTX_URL): ask it there.
                 if isinstance(update, Failed) and not update.partial_text and \
@@ -260,12 +261,13 @@ class ChatRtxBackend:
                 yield update
             else:
                 return
-        async with contextlib.aclosing(self._answer_once(question, history, session)) as again:
+        async with contextlib.aclosing(
+                self._answer_once(question, history, session, read_window)) as again:
             async for update in again:
                 yield update
 
     async def _answer_once(
-        self, question: str, history: Sequence[Exchange], session: str
+        self, question: str, history: Sequence[Exchange], session: str, read_window: float
     ) -> AsyncGenerator[BackendUpdate, None]:
         text = ""
         converter = StreamingConverter()
@@ -275,7 +277,8 @@ class ChatRtxBackend:
                 await self._validate(app, chat, session)
             data = self._inputs(app, chat, question, history)
             async for event in self._client.run(
-                app, chat.fn_index, data, session_hash=session, trigger_id=chat.trigger_id
+                app, chat.fn_index, data, session_hash=session, trigger_id=chat.trigger_id,
+                read_window=read_window,
             ):
                 if isinstance(event, JobQueued):
                     # Gradio's rank counts the jobs waiting ahead (0 = next): every question

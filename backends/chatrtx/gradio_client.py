@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from rtxrelay.backends.paced_reads import PacedReads
 from rtxrelay.backends.sse import SseParser
 from rtxrelay.core.errors import BackendError, BackendErrorKind
 
@@ -221,9 +222,11 @@ class GradioQueueClient:
         *,
         session_hash: str,
         trigger_id: int | None = None,
+        read_window: float = 0.0,
     ) -> AsyncGenerator[JobEvent, None]:
         """Join the queue and yield the job's events until it completes.
 
+        Once text flows, reads are ``read_window`` seconds apart at least (``PacedReads``).
         Errors raise ``BackendError``. If the consumer stops early (cancel, or an exception),
         the job is cancelled on the server so Chat with RTX does not keep generating.
         """
@@ -233,7 +236,7 @@ class GradioQueueClient:
             # Join first, then follow: Gradio buffers a session's messages until its stream
             # connects, exactly as the web UI relies on.
             state.event_id = await self._join(app, fn_index, data, session_hash, trigger_id)
-            async for event in self._follow(app, session_hash, state, deadline):
+            async for event in self._follow(app, session_hash, state, deadline, read_window):
                 yield event
         finally:
             if state.event_id and not state.finished:
@@ -286,7 +289,8 @@ class GradioQueueClient:
         return str(event_id)
 
     async def _follow(
-        self, app: GradioApp, session_hash: str, state: _JobState, deadline: float
+        self, app: GradioApp, session_hash: str, state: _JobState, deadline: float,
+        read_window: float,
     ) -> AsyncIterator[JobEvent]:
         url = app.queue_url + "/data"
         with self._mapped_errors(_Step.STREAM):
@@ -306,6 +310,7 @@ class GradioQueueClient:
                     )
                 parser = SseParser()
                 timer = _Deadline(asyncio.get_running_loop())
+                paced = PacedReads(resp, read_window)
                 queued = False
                 try:
                     while True:
@@ -313,6 +318,9 @@ class GradioQueueClient:
                         if not chunk:
                             raise self._stream_ended(parser)
                         events, failure = self._read_events(app, parser.feed(chunk), state)
+                        if failure is None and not state.finished and events and \
+                                isinstance(events[-1], JobOutput):
+                            paced.hold(len(chunk))  # text flows: let the next tokens gather
                         for event in events:
                             queued |= isinstance(event, JobQueued)
                             yield event
@@ -321,6 +329,7 @@ class GradioQueueClient:
                         if state.finished:
                             return
                 finally:
+                    paced.close()
                     timer.close()
 
     def _read_events(

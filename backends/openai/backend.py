@@ -112,7 +112,7 @@ class OpenAiBackend:
 
     async def stream_answer(
         self, question: str, history: Sequence[Exchange], *, session: str,
-        options: AnswerOptions | None = None,
+        options: AnswerOptions | None = None, read_window: float = 0.0,
     ) -> AsyncGenerator[BackendUpdate, None]:
         """``session`` is not used: these servers keep no conversation, history is sent.
         ``options`` go to the server as they are."""
@@ -123,7 +123,8 @@ class OpenAiBackend:
         while True:
             try:
                 model = options.model or await self._pick_model()
-                async for update in self._stream(model, question, history, attempt, options):
+                async for update in self._stream(model, question, history, attempt, options,
+                                                 read_window):
                     yield update
             except ContextTooLong as exc:
                 if history and not attempt.text:
@@ -155,7 +156,7 @@ class OpenAiBackend:
                    history_dropped=dropped, length_limited=attempt.finish_reason == "length")
 
     async def _stream(self, model: str, question: str, history: Sequence[Exchange],
-                      attempt: _Attempt, options: AnswerOptions
+                      attempt: _Attempt, options: AnswerOptions, read_window: float
                       ) -> AsyncGenerator[BackendUpdate, None]:
         system = options.system if options.system is not None else self._settings.system_prompt
         body: dict[str, Json] = {"model": model, "stream": True,
@@ -174,7 +175,7 @@ class OpenAiBackend:
         splitter = ThinkSplitter()
         started = False
         try:
-            async for chunks in self._client.stream_chat(body):
+            async for chunks in self._client.stream_chat(body, read_window=read_window):
                 if not started:
                     started = True
                     yield Started()
@@ -205,7 +206,8 @@ class OpenAiBackend:
                 # An older server that rejects the field: ask again without it, for good.
                 log.info("the server does not take stream_options; token counts are not kept")
                 self._usage_option = False
-                async for retried in self._stream(model, question, history, attempt, options):
+                async for retried in self._stream(model, question, history, attempt, options,
+                                                  read_window):
                     yield retried
                 return
             raise

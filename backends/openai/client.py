@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 
+from rtxrelay.backends.paced_reads import PacedReads
 from rtxrelay.backends.sse import SseParser
 from rtxrelay.core.backend import Usage
 from rtxrelay.core.errors import BackendError, BackendErrorKind
@@ -128,9 +129,11 @@ class OpenAiClient:
                 raise await self._status_error(response)
             return await response.json(content_type=None)
 
-    async def stream_chat(self, body: Mapping[str, Json]) -> AsyncGenerator[list[Chunk], None]:
+    async def stream_chat(self, body: Mapping[str, Json], *, read_window: float = 0.0
+                          ) -> AsyncGenerator[list[Chunk], None]:
         """POST a streamed completion and yield its chunks, those of one read together (a
-        reader then updates once per read, not once per token), until ``[DONE]``. Closing the
+        reader then updates once per read, not once per token), until ``[DONE]``; once they
+        flow, reads are ``read_window`` seconds apart at least (``PacedReads``). Closing the
         generator early closes the connection: the servers stop generating when the client
         hangs up (that is how a question is cancelled)."""
         loop = asyncio.get_running_loop()
@@ -149,6 +152,7 @@ class OpenAiClient:
                 response = await self._http.post(
                     f"{self.endpoint.base}/chat/completions", json=dict(body),
                     headers=self._headers, timeout=self._stream_timeout())
+            paced = PacedReads(response, read_window)
             try:
                 if response.status != 200:
                     async with asyncio.timeout_at(deadline()):
@@ -174,8 +178,10 @@ class OpenAiClient:
                         # text before it is passed on first.
                         if chunks:
                             first = False
+                            paced.hold(len(data))
                             yield chunks
             finally:
+                paced.close()
                 # A stream left early must not go back to the pool half read: closing the
                 # connection is what tells the server to stop generating.
                 response.close()

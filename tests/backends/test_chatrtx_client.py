@@ -532,3 +532,34 @@ async def test_gradio_stale_diff_state_on_the_replica_loses_no_text(
     shown = [u.text for u in updates if isinstance(u, TextSoFar)]
     assert all(final.text.startswith(text) for text in shown), "no garbage was ever shown"
     fault(kept=1)
+
+
+async def test_reads_on_the_consumers_clock_gather_tokens_and_lose_none(
+    rtx_426: Replica, http: aiohttp.ClientSession
+) -> None:
+    """With a read window, the tokens that arrive within it come as one update: updates are
+    a window apart (so a few per second, not one per token), the text only grows, and it
+    ends exact. Pausing the socket is what makes them one read (tests/backends/
+    test_paced_reads.py); here the whole chain over the real Gradio protocol."""
+    window = 0.2
+    question = "paced [len=3000] [delay=0.002]"
+    loop = asyncio.get_running_loop()
+    updates: list[object] = []
+    async with asyncio.timeout(60):
+        async for update in backend_for(http, rtx_426.url).stream_answer(
+                question, [], session="paced", read_window=window):
+            updates.append(update)
+            if len(updates) == 1:
+                started = loop.time()
+    elapsed = loop.time() - started
+    expected = fake_model.answer_text(question, [])
+    final = updates[-1]
+    assert isinstance(final, Done) and final.raw == expected
+    texts = [u for u in updates if isinstance(u, TextSoFar)]
+    assert texts and final.text.startswith(texts[-1].text)
+    for before, after in itertools.pairwise(texts):
+        assert after.text.startswith(before.text)
+        assert after.delta == after.text[len(before.text):]
+    # Each read after text waits a window; a timer may fire a clock tick early, and aiohttp
+    # may hand a read over in two pieces: twice the reads the windows allow is the bound.
+    assert len(texts) <= 2 + 2 * elapsed / window < len(fake_model.tokens(expected)) / 4

@@ -4,6 +4,7 @@ The real server (llama.cpp) runs in tests/backends/test_openai_llama.py."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import socket
@@ -324,3 +325,23 @@ async def test_questions_through_the_service_keep_token_counts(
     assert turns[0].usage == Usage(30, 2)
     assert sent[:2] == [{"role": "user", "content": "2+2?"},
                         {"role": "assistant", "content": "Four."}]
+
+
+async def test_reads_on_the_consumers_clock_gather_tokens_and_lose_none(
+        http: aiohttp.ClientSession) -> None:
+    """With a read window, what the server streams within it comes as one update (see
+    tests/backends/test_paced_reads.py for the socket itself)."""
+    window = 0.2
+    pieces = [f"word{i} " for i in range(300)]
+    loop = asyncio.get_running_loop()
+    async with FakeOpenAI(persona=Persona.LLAMA_CPP, models=("m",)) as fake:
+        fake.script(Reply(pieces, chunk_delay=0.003))
+        started = loop.time()
+        updates = [u async for u in backend_for(http, fake).stream_answer(
+            "q", (), session="s", read_window=window)]
+        elapsed = loop.time() - started
+    assert final(updates) == "".join(pieces)
+    shown = texts(updates)
+    assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(shown))
+    assert "".join(u.delta for u in updates if isinstance(u, TextSoFar)) == shown[-1]
+    assert len(shown) <= 2 + 2 * elapsed / window < len(pieces) / 4

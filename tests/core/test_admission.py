@@ -30,7 +30,8 @@ class HeldBackend:
         self.release = asyncio.Event()
 
     async def stream_answer(self, question: str, history: Sequence[Exchange], *,
-                            session: str) -> AsyncGenerator[BackendUpdate, None]:
+                            session: str, read_window: float = 0.0
+                            ) -> AsyncGenerator[BackendUpdate, None]:
         yield Started()
         self.started.set()
         await self.release.wait()

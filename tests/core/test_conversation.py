@@ -61,7 +61,8 @@ class ScriptedBackend:
         self.closed = 0
 
     async def stream_answer(
-        self, question: str, history: Sequence[Exchange], *, session: str
+        self, question: str, history: Sequence[Exchange], *, session: str,
+        read_window: float = 0.0,
     ) -> AsyncIterator[BackendUpdate]:
         self.calls.append((question, list(history), session))
         try:
@@ -246,7 +247,8 @@ async def test_consumer_going_away_marks_the_turn_interrupted(store: SqliteStore
 async def test_backend_failure_is_final_and_stored(store: SqliteStore) -> None:
     class Failing(ScriptedBackend):
         async def stream_answer(self, question: str, history: Sequence[Exchange], *,
-                                session: str) -> AsyncIterator[BackendUpdate]:
+                                session: str, read_window: float = 0.0
+                                ) -> AsyncIterator[BackendUpdate]:
             yield TextSoFar("half", "half")
             yield Failed(BackendError(BackendErrorKind.FAILED, "model crashed"), "half")
 
@@ -378,7 +380,8 @@ class StallingBackend:
         self.probes = 0
 
     async def stream_answer(
-        self, question: str, history: Sequence[Exchange], *, session: str
+        self, question: str, history: Sequence[Exchange], *, session: str,
+        read_window: float = 0.0,
     ) -> AsyncIterator[BackendUpdate]:
         self.questions.append(question)
         yield Started()
