@@ -7,12 +7,10 @@ import asyncio
 import getpass
 import io
 import logging
-import logging.handlers
 import os
 import sys
 import uuid
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -86,8 +84,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Reach Chat with RTX or a local model server from Discord, Telegram and "
         "the terminal.",
     )
-    parser.add_argument("--version", action="version",
-                        version=f"rtxrelay {metadata.version('rtxrelay')}")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="show rtxrelay's version and exit")
     env_help = ("settings file (default: .env in the current folder); a relative RTXRELAY_DB "
                 "is found beside it")
     parser.add_argument("--env-file", metavar="FILE", default=None, help=env_help)
@@ -354,8 +352,22 @@ def _cmd_service(settings: Settings, args: argparse.Namespace) -> int:
 # -- helpers --------------------------------------------------------------------------------------
 
 
+class _Version(argparse.Action):
+    """--version, reading the installed metadata only when asked (importlib.metadata costs
+    more start-up than the rest of a one-off `rtxrelay ask` outside aiohttp)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        from importlib import metadata
+
+        print(f"rtxrelay {metadata.version('rtxrelay')}")
+        parser.exit()
+
+
 def _rotating_file(path: Path) -> logging.Handler:
     """LOG_FILE: 5 files of 5 MB at most, UTF-8 whatever the console's code page."""
+    import logging.handlers
+
     path.parent.mkdir(parents=True, exist_ok=True)
     return logging.handlers.RotatingFileHandler(path, maxBytes=5 * 1024 * 1024, backupCount=4,
                                                 encoding="utf-8")

@@ -8,18 +8,21 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from rtxrelay.backends.chatrtx.backend import ChatRtxBackend
 from rtxrelay.backends.chatrtx.settings import ChatRtxTarget
-from rtxrelay.backends.chatrtx.supervisor import SupervisedChatRtx
-from rtxrelay.backends.openai.backend import OpenAiBackend
 from rtxrelay.core.conversation import ConversationService
 from rtxrelay.storage.sqlite_store import SqliteStore
 
 from . import processes
 from .settings import BackendFamily, Settings, load_settings
+
+if TYPE_CHECKING:  # imported where used: `rtxrelay ask` loads only its own backend's code
+    from rtxrelay.backends.chatrtx.supervisor import SupervisedChatRtx
+    from rtxrelay.backends.openai.backend import OpenAiBackend
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,8 @@ def make_backend(http: aiohttp.ClientSession, settings: Settings,
     Chat with RTX's address comes from ``child`` when rtxrelay started it (RTX_LAUNCH),
     else from RTX_URL, read again from the settings file after a restart."""
     if settings.family is BackendFamily.OPENAI:
+        from rtxrelay.backends.openai.backend import OpenAiBackend
+
         return OpenAiBackend(http, settings.openai)
     if child is not None:
         target = child.target()
@@ -86,12 +91,14 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
         http = await stack.enter_async_context(backend_session())
         child: SupervisedChatRtx | None = None
         if settings.family is BackendFamily.CHATRTX and chatrtx.launch_command is not None:
+            from rtxrelay.backends.chatrtx.supervisor import SupervisedChatRtx
+
             log.info("starting Chat with RTX (RTX_LAUNCH); it can take minutes to load")
             child = await stack.enter_async_context(SupervisedChatRtx(
                 chatrtx.launch_command, chatrtx, cwd=chatrtx.launch_dir))
         backend = make_backend(http, settings, child)
         limits = settings.limits
-        if isinstance(backend, OpenAiBackend):
+        if not isinstance(backend, ChatRtxBackend):
             product = await backend.identify()
             log.info("backend: %s at %s", product.label, settings.openai.endpoint())
             if not settings.jobs_set and product.parallel:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import aiohttp
 
 from rtxrelay.backends.chatrtx.backend import ChatFunction, find_chat_function
-from rtxrelay.backends.chatrtx.gradio_client import GradioApp, GradioQueueClient, Timeouts
+from rtxrelay.backends.chatrtx.gradio_client import GradioApp, GradioQueueClient
+from rtxrelay.backends.chatrtx.timeouts import Timeouts
 from rtxrelay.core.errors import BackendError, BackendErrorKind
 
 CHATRTX_PORT_RANGE = range(1024, 49001)

@@ -32,10 +32,11 @@ from rtxrelay.core.backend import (
 from rtxrelay.core.errors import BackendError, BackendErrorKind, RelayError
 
 from .answer_html import StreamingConverter, convert_answer
-from .gradio_client import GradioApp, GradioQueueClient, JobOutput, JobQueued, JobStarted, Timeouts
+from .gradio_client import GradioApp, GradioQueueClient, JobOutput, JobQueued, JobStarted
 from .gradio_diff import appended_text
 from .launch_url import LaunchUrl
 from .settings import ChatRtxTarget
+from .timeouts import Timeouts
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from rtxrelay.backends.sse import SseParser
 from rtxrelay.core.errors import BackendError, BackendErrorKind
 
 from .gradio_diff import apply_diff, merge_diffs
+from .timeouts import Timeouts
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +33,6 @@ SUPPORTED_PROTOCOLS = ("sse_v1", "sse_v2", "sse_v2.1", "sse_v3")
 DIFF_PROTOCOLS = ("sse_v2", "sse_v2.1", "sse_v3")
 
 Json = Any
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    """Every wait has a limit; each one's error says which limit was hit."""
-
-    connect: float = 10.0
-    first_event: float = 30.0  # join → first message about our job
-    idle: float = 120.0  # between messages once the job runs (ChatRTX may retrieve for a while)
-    total: float = 900.0  # whole answer, queue wait included
 
 
 @dataclass(frozen=True)

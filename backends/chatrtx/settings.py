@@ -9,8 +9,8 @@ from pathlib import Path
 from rtxrelay.core.env import Env
 from rtxrelay.core.errors import ConfigError, RelayError
 
-from .gradio_client import Timeouts
 from .launch_url import LaunchUrl, parse_launch_url
+from .timeouts import Timeouts
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,30 @@ async def test_ask_streams_the_answer(rtx_426: Replica, tmp_path: Path) -> None:
     assert out.strip() == fake_model.answer_text("what is RTX?", []).strip()
 
 
+def imported(stderr: str) -> set[str]:
+    """The modules ``python -X importtime`` reported loading."""
+    return {line.rpartition("|")[2].strip() for line in stderr.splitlines()
+            if line.startswith("import time:")}
+
+
+async def test_ask_imports_only_what_it_needs(rtx_426: Replica, tmp_path: Path) -> None:
+    """A one-off question pays for aiohttp and its own backend, nothing else: no platform SDK,
+    no other backend, no package metadata (measured with -X importtime, as a user can)."""
+    env = {"RTX_URL": rtx_426.url, "RTXRELAY_DB": str(tmp_path / "r.db"),
+           "PYTHONPROFILEIMPORTTIME": "1"}
+    code, out, err = await run_cli("ask", "what is RTX?", env=env, cwd=tmp_path)
+    assert code == 0, err
+    modules = imported(err)
+    assert {"aiohttp", "aiosqlite", "rtxrelay.backends.chatrtx.backend"} <= modules
+    unneeded = {"discord", "telegram", "importlib.metadata", "asyncpg",
+                "rtxrelay.backends.openai.backend", "rtxrelay.app.serve",
+                "rtxrelay.app.runner", "rtxrelay.backends.chatrtx.supervisor"}
+    assert not modules & unneeded
+    code, out, err = await run_cli("--help", env={"PYTHONPROFILEIMPORTTIME": "1"},
+                                   cwd=tmp_path)
+    assert code == 0 and "aiohttp" not in imported(err), "help needs no HTTP client"
+
+
 async def test_chat_reads_stdin_and_keeps_history(rtx_426: Replica, tmp_path: Path) -> None:
     env = {"RTX_URL": rtx_426.url, "RTXRELAY_DB": str(tmp_path / "r.db")}
     script = "my name is Ada\nwho am I? [recall]\n/reset\nfresh start [recall]\n"

@@ -15,8 +15,9 @@ from aiohttp import web
 
 from rtxrelay.backends.chatrtx.answer_html import convert_answer
 from rtxrelay.backends.chatrtx.backend import ChatRtxBackend, find_chat_function
-from rtxrelay.backends.chatrtx.gradio_client import GradioQueueClient, Timeouts
+from rtxrelay.backends.chatrtx.gradio_client import GradioQueueClient
 from rtxrelay.backends.chatrtx.launch_url import parse_launch_url
+from rtxrelay.backends.chatrtx.timeouts import Timeouts
 from rtxrelay.core.backend import Done, Exchange, Failed, Queued, Started, TextSoFar
 from rtxrelay.core.errors import BackendError, BackendErrorKind
 from tests.replica import fake_model
