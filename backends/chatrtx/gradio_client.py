@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from rtxrelay.backends import json_events
 from rtxrelay.backends.paced_reads import PacedReads
 from rtxrelay.backends.sse import SseParser
 from rtxrelay.core.errors import BackendError, BackendErrorKind
@@ -686,7 +687,7 @@ def _looks_like_diffs(data: list[Json]) -> bool:
 
 def _decode(payload: str) -> dict[str, Json]:
     try:
-        message = json.loads(payload)
+        message = json_events.loads(payload)
     except ValueError as exc:
         raise BackendError(
             BackendErrorKind.PROTOCOL, f"Chat with RTX sent a malformed event: {_short(payload)}"

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 
+from rtxrelay.backends import json_events
 from rtxrelay.backends.paced_reads import PacedReads
 from rtxrelay.backends.sse import SseParser
 from rtxrelay.core.backend import Usage
@@ -188,7 +189,7 @@ class OpenAiClient:
 
     def _chunk(self, event: str) -> Chunk | None:
         try:
-            payload = json.loads(event)
+            payload = json_events.loads(event)
         except ValueError:
             raise self._error(BackendErrorKind.PROTOCOL,
                               f"{self.service} sent an event that is not JSON.") from None
