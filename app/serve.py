@@ -43,8 +43,9 @@ HEALTH_TTL = 10.0  # /health probes the backend at most this often
 MODELS_TTL = 30.0  # the backend's model list is asked again at most this often (or when a
 # request names a model not in it), not before every request
 # Answer text is read at most this often once it flows (Backend.stream_answer): a client
-# sees text 20 times a second, and the tokens in between cost no wake-up each.
-READ_WINDOW = 0.05
+# sees text ten times a second, and the tokens in between cost no wake-up each (as the
+# terminal's; bench/README.md).
+READ_WINDOW = 0.1
 MAX_BODY_BYTES = 4 * 1024 * 1024
 # The tokens of the answer being served, for the request's log line (the handler runs in the
 # log middleware's task, so it sees what the handler set).

@@ -23,9 +23,10 @@ from rtxrelay.core.store import ConversationKey, TurnStatus
 
 EXIT_OK, EXIT_FAILED = 0, 1
 LEAVE_HINT = "Ctrl+Z then Enter" if sys.platform == "win32" else "Ctrl+D"
-# Text is read at most this often once it flows (Backend.stream_answer): 20 prints a second
-# read as a smooth stream, and the tokens in between cost no wake-up each.
-READ_WINDOW = 0.05
+# Text is read at most this often once it flows (Backend.stream_answer): ten prints a second
+# read as a smooth stream, and at Chat with RTX's ~20 tokens a second each read takes two
+# tokens, half the wake-ups of one a token (bench/README.md).
+READ_WINDOW = 0.1
 
 
 def print_error(exc: RelayError, err: TextIO) -> None:

@@ -12,6 +12,14 @@ Phases, each measured by the process itself (see _measure.py):
 - start-up: interpreter start + ``import gradio_client``;
 - connect: ``Client(...)`` = GET /config + GET /info, starts its heartbeat thread;
 - answer: ``submit`` to the final text.
+
+Also counted during the answer phase: its socket reads (``httpcore``'s ``AnyIOStream.read``,
+which its SSE stream and its async requests use: a counter bump per read) and voluntary
+context switches (``_measure``). Every streamed output is kept by gradio_client itself
+(``job.outputs()``); the worker keeps a reference to each one it iterated (a list append per
+update, no copy) and checks them with ``_measure.StreamCheck`` after the answer phase is
+measured, so the check costs the measured phase nothing: each streamed answer starts with the
+previous one and the final value starts with (or equals) the last streamed one.
 """
 
 from __future__ import annotations
@@ -25,9 +33,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import gradio_client
-from _measure import Result, checkpoint, startup_wall
+from _measure import Result, StreamCheck, checkpoint, startup_wall
 from gradio_client import Client
 from gradio_client.utils import Status
+from httpcore._backends.anyio import AnyIOStream
 
 
 class _WireLog(logging.Handler):
@@ -52,6 +61,31 @@ def _count_messages(counts: Counter[str]) -> None:
         return to_status(msg)
 
     Status.msg_to_status = staticmethod(counting)  # type: ignore[assignment]
+
+
+def _count_reads(reads: list[int]) -> None:
+    """Count the socket reads of its async HTTP connections (the SSE stream's among them)."""
+    read = AnyIOStream.read
+
+    async def counting(self: AnyIOStream, max_bytes: int, timeout: float | None = None) -> bytes:
+        data = await read(self, max_bytes, timeout)
+        if data:
+            reads[0] += 1
+        return data
+
+    AnyIOStream.read = counting  # type: ignore[method-assign]
+
+
+def _check_stream(seen: list[Any], final: str | None, result: Result) -> None:
+    check = StreamCheck()
+    try:
+        for output in seen:
+            check.text(_answer_of(output))
+    except Exception as exc:  # an update that is not a chatbot value
+        result.streamed_ok = False
+        result.stream_problem = f"update {check.updates + 1}: {type(exc).__name__}: {exc}"
+        return
+    check.finish(final, result)
 
 
 def _answer_of(value: Any) -> str:
@@ -87,6 +121,8 @@ def run(url: str, question: str, fn_index: int, result: Result, out: str) -> Non
     logging.getLogger("httpx").addHandler(_WireLog(result, base))
     counts: Counter[str] = Counter()
     _count_messages(counts)
+    reads = [0]
+    _count_reads(reads)
 
     start = checkpoint()
     client = Client(base, headers={"Cookie": f"_s_chat_={cookie}"}, verbose=False)
@@ -94,7 +130,10 @@ def run(url: str, question: str, fn_index: int, result: Result, out: str) -> Non
     result.connect_wall = connected.wall - start.wall
     result.connect_cpu = connected.cpu - start.cpu
     result.extra["protocol"] = client.protocol
+    reads[0] = 0
+    seen: list[Any] = []
 
+    answering = checkpoint()
     job = client.submit([[question, None]], fn_index=fn_index)
     finished = threading.Event()
     threading.Thread(target=_watch, args=(job, result, out, finished), daemon=True).start()
@@ -103,16 +142,18 @@ def run(url: str, question: str, fn_index: int, result: Result, out: str) -> Non
     for output in job:  # blocks until the next update; ends when the job has finished
         result.updates += 1
         last = output
+        seen.append(output)  # gradio_client keeps it anyway (job.outputs())
         if first_text is None:
             first_text = checkpoint().wall
     finished.set()
     final = job.result()  # raises what the job raised
     result.final_text = _answer_of(final)
     done = checkpoint()
-    result.answer_wall = done.wall - connected.wall
-    result.answer_cpu = done.cpu - connected.cpu
+    result.answer_phase(answering, done)
+    result.stream_reads = reads[0]
     if first_text is not None:
-        result.first_text_wall = first_text - connected.wall
+        result.first_text_wall = first_text - answering.wall
+    _check_stream(seen, result.final_text, result)
     result.messages = dict(counts)
     result.extra["outputs_kept"] = len(job.outputs())  # every update stays in memory
     result.extra["last_update_is_final"] = last is not None and _answer_of(last) == (

@@ -309,10 +309,12 @@ class GradioQueueClient:
                         chunk = await self._read(resp, timer, state.started, queued, deadline)
                         if not chunk:
                             raise self._stream_ended(parser)
-                        events, failure = self._read_events(app, parser.feed(chunk), state)
+                        payloads = parser.feed(chunk)
+                        events, failure = self._read_events(app, payloads, state)
                         if failure is None and not state.finished and events and \
                                 isinstance(events[-1], JobOutput):
-                            paced.hold(len(chunk))  # text flows: let the next tokens gather
+                            # Text flows: let the next tokens gather.
+                            paced.hold(len(chunk), len(payloads))
                         for event in events:
                             queued |= isinstance(event, JobQueued)
                             yield event

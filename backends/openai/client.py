@@ -179,7 +179,7 @@ class OpenAiClient:
                         # text before it is passed on first.
                         if chunks:
                             first = False
-                            paced.hold(len(data))
+                            paced.hold(len(data), len(chunks))
                             yield chunks
             finally:
                 paced.close()

@@ -64,7 +64,7 @@ async def test_a_hold_stops_reading_the_socket_until_its_window_ends(
         paced = PacedReads(response, 30.0)
         await source.write(b"first ")
         assert await asyncio.wait_for(response.content.readany(), 10) == b"first "
-        paced.hold(6)
+        paced.hold(6, events=2)
         assert not reading(paced), "held: the socket is not read, the kernel keeps what comes"
         await source.write(b"second ")
         await source.write(b"third")
@@ -86,7 +86,7 @@ async def test_the_read_after_a_hold_waits_out_the_window(feed: tuple[Feed, str]
         await source.write(b"a")
         await asyncio.wait_for(response.content.readany(), 10)
         held_at = loop.time()
-        paced.hold(1)
+        paced.hold(1, events=2)
         await source.write(b"b")
         await source.write(b"c")
         both_in_socket_while_held = not reading(paced)
@@ -110,14 +110,37 @@ async def test_no_hold_without_a_window_or_after_a_backlog(feed: tuple[Feed, str
         await source.write(b"x")
         await asyncio.wait_for(response.content.readany(), 10)
         unpaced = PacedReads(response, 0.0)
-        unpaced.hold(1)
+        unpaced.hold(1, events=5)
         assert reading(unpaced) and unpaced.holds == 0
         paced = PacedReads(response, 30.0)
-        paced.hold(BACKLOG_READ)  # a big read means more is waiting: take it at once
+        paced.hold(BACKLOG_READ, events=5)  # a big read means more is waiting: take it at once
         assert reading(paced) and paced.holds == 0
-        paced.hold(10)
-        paced.hold(10)  # already held: one window, not two
+        paced.hold(10, events=2)
+        paced.hold(10, events=2)  # already held: one window, not two
         assert not reading(paced) and paced.holds == 1
         paced.close()
         paced.close()
         assert reading(paced)
+
+
+async def test_a_hold_is_taken_only_while_a_window_gathers_tokens(
+        feed: tuple[Feed, str]) -> None:
+    """A hold costs a wake-up at its end: it is taken while the stream's pace since its first
+    text fits more than one event in a window, not when tokens come slower than that."""
+    source, url = feed
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        await source.write(b"x")
+        await asyncio.wait_for(response.content.readany(), 10)
+        slow = PacedReads(response, 0.01)
+        slow.hold(10, events=1)  # the first text: its pace is not known, so held
+        assert slow.holds == 1
+        slow.close()
+        await asyncio.sleep(0.05)  # one event in (at least) five windows: too slow to gather
+        slow.hold(10, events=1)
+        assert reading(slow) and slow.holds == 1
+        fast = PacedReads(response, 30.0)
+        fast.hold(10, events=1)
+        fast.close()
+        fast.hold(10, events=3)  # three events in no time: a window gathers plenty
+        assert not reading(fast) and fast.holds == 2
+        fast.close()
