@@ -60,7 +60,7 @@ async def _print_updates(stream: AsyncIterator[ReplyUpdate], out: TextIO, err: T
             print("Still answering the previous question.", file=err)
             return EXIT_FAILED
         elif isinstance(update, Rejected):
-            print(update.reason, file=err)
+            print(update.message, file=err)
             return EXIT_FAILED
         elif isinstance(update, Finished):
             printed = _print_more(out, printed, update.text)

@@ -14,8 +14,8 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from .backend import (
     AnswerOptions,
@@ -32,6 +32,7 @@ from .backend import (
 )
 from .cutoff import Cutoff, FinishReason
 from .errors import BackendError, BackendErrorKind
+from .i18n import ENGLISH, N_, Texts
 from .job_slots import JobSlots, LineClosed
 from .ratelimit import Rate
 from .store import (
@@ -89,7 +90,20 @@ class Busy:
 
 @dataclass(frozen=True)
 class Rejected:
-    reason: str  # short, user-facing
+    """The question is refused: ``reason`` is a catalogue id (core/i18n.py), its placeholders
+    filled from ``values``."""
+
+    reason: str
+    values: Mapping[str, int] = field(default_factory=dict)
+
+    def text_in(self, texts: Texts) -> str:
+        return texts(self.reason).format(
+            **{name: texts.number(value) for name, value in self.values.items()})
+
+    @property
+    def message(self) -> str:
+        """In English (the terminal)."""
+        return self.text_in(ENGLISH)
 
 
 ReplyUpdate = Accepted | Queued | Started | Throttled | TextSoFar | Finished | Busy | Rejected
@@ -155,7 +169,7 @@ class ConversationService:
         conversation = await self._store.current(str(key))
         turns = await self._store.recent_turns(conversation.id, 1)
         if not turns:
-            yield Rejected("There is nothing to retry yet.")
+            yield Rejected(N_("There is nothing to retry yet."))
             return
         await self._store.set_status(turns[-1].id, TurnStatus.SUPERSEDED)
         async with contextlib.aclosing(self.ask(key, turns[-1].question, stop=stop,
@@ -173,13 +187,12 @@ class ConversationService:
         caller can use new text (``Backend.stream_answer``)."""
         question = valid_text(question).strip()
         if not question:
-            yield Rejected("The question is empty.")
+            yield Rejected(N_("The question is empty."))
             return
         if len(question) > self.limits.max_question_chars:
-            yield Rejected(
-                f"The question is too long ({len(question):,} characters; the limit is "
-                f"{self.limits.max_question_chars:,}). Shorten it and ask again."
-            )
+            yield Rejected(N_("The question is too long ({length} characters; the limit is "
+                              "{limit}). Shorten it and ask again."),
+                           {"length": len(question), "limit": self.limits.max_question_chars})
             return
         name = str(key)
         if name in self._inflight:

@@ -8,6 +8,9 @@ gives both, for the CLI and logs.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
+
+from .i18n import N_, Texts
 
 
 class RelayError(Exception):
@@ -64,25 +67,25 @@ class BackendErrorKind(enum.Enum):
 # What a chat user reads. Deliberately generic: details (URLs, exception text) stay in logs.
 # ``{service}`` is what answers ("Chat with RTX", "Ollama", "the model server").
 _USER_MESSAGES: dict[BackendErrorKind, str] = {
-    BackendErrorKind.BAD_URL: "{service} is not configured correctly. Ask the operator to check its address.",
-    BackendErrorKind.UNREACHABLE: "{service} is not running or not reachable right now. Try again once it is started.",
-    BackendErrorKind.TLS: "Cannot open a secure connection to {service}. Ask the operator to check the certificate settings.",
-    BackendErrorKind.NOT_GRADIO: "The configured address is not Chat with RTX. Ask the operator to check RTX_URL.",
-    BackendErrorKind.NOT_CHATRTX: "The configured address is not Chat with RTX. Ask the operator to check RTX_URL.",
-    BackendErrorKind.NOT_OPENAI: "The configured address is not a model server. Ask the operator to check OPENAI_BASE_URL.",
-    BackendErrorKind.UNSUPPORTED_PROTOCOL: "This Chat with RTX version is not supported yet.",
-    BackendErrorKind.SESSION_REJECTED: "Chat with RTX refused the session (it was probably restarted). Ask the operator to update RTX_URL.",
-    BackendErrorKind.AUTH: "{service} refused rtxrelay's API key. Ask the operator to check OPENAI_API_KEY.",
-    BackendErrorKind.NO_MODEL: "{service} does not serve the configured model. Ask the operator to check OPENAI_MODEL.",
-    BackendErrorKind.QUEUE_FULL: "{service} is too busy right now. Try again in a minute.",
-    BackendErrorKind.BUSY: "{service} is too busy right now. Try again in a minute.",
-    BackendErrorKind.CONTEXT_TOO_LONG: "The question is too long for the model's context, even without earlier messages. Shorten it and ask again.",
-    BackendErrorKind.TIMEOUT: "{service} took too long to answer. Try again later.",
-    BackendErrorKind.STUCK: "{service} stopped responding, so questions cannot be answered right now. The operator has been told to restart it; try again later.",
-    BackendErrorKind.FAILED: "{service} failed while answering. Try again.",
-    BackendErrorKind.STOPPED: "{service} stopped while answering (it may have been closed or restarted). Try again once it is back.",
-    BackendErrorKind.PROTOCOL: "{service} sent something unexpected. Try again.",
-    BackendErrorKind.CANCELLED: "Stopped.",
+    BackendErrorKind.BAD_URL: N_("{service} is not configured correctly. Ask the operator to check its address."),
+    BackendErrorKind.UNREACHABLE: N_("{service} is not running or not reachable right now. Try again once it is started."),
+    BackendErrorKind.TLS: N_("Cannot open a secure connection to {service}. Ask the operator to check the certificate settings."),
+    BackendErrorKind.NOT_GRADIO: N_("The configured address is not Chat with RTX. Ask the operator to check RTX_URL."),
+    BackendErrorKind.NOT_CHATRTX: N_("The configured address is not Chat with RTX. Ask the operator to check RTX_URL."),
+    BackendErrorKind.NOT_OPENAI: N_("The configured address is not a model server. Ask the operator to check OPENAI_BASE_URL."),
+    BackendErrorKind.UNSUPPORTED_PROTOCOL: N_("This Chat with RTX version is not supported yet."),
+    BackendErrorKind.SESSION_REJECTED: N_("Chat with RTX refused the session (it was probably restarted). Ask the operator to update RTX_URL."),
+    BackendErrorKind.AUTH: N_("{service} refused rtxrelay's API key. Ask the operator to check OPENAI_API_KEY."),
+    BackendErrorKind.NO_MODEL: N_("{service} does not serve the configured model. Ask the operator to check OPENAI_MODEL."),
+    BackendErrorKind.QUEUE_FULL: N_("{service} is too busy right now. Try again in a minute."),
+    BackendErrorKind.BUSY: N_("{service} is too busy right now. Try again in a minute."),
+    BackendErrorKind.CONTEXT_TOO_LONG: N_("The question is too long for the model's context, even without earlier messages. Shorten it and ask again."),
+    BackendErrorKind.TIMEOUT: N_("{service} took too long to answer. Try again later."),
+    BackendErrorKind.STUCK: N_("{service} stopped responding, so questions cannot be answered right now. The operator has been told to restart it; try again later."),
+    BackendErrorKind.FAILED: N_("{service} failed while answering. Try again."),
+    BackendErrorKind.STOPPED: N_("{service} stopped while answering (it may have been closed or restarted). Try again once it is back."),
+    BackendErrorKind.PROTOCOL: N_("{service} sent something unexpected. Try again."),
+    BackendErrorKind.CANCELLED: N_("Stopped."),
 }
 
 CHAT_WITH_RTX = "Chat with RTX"
@@ -100,5 +103,13 @@ class BackendError(RelayError):
 
     @property
     def user_message(self) -> str:
-        text = _USER_MESSAGES[self.kind].format(service=self.service)
+        """In English (the CLI, logs); a chat shows ``user_message_in`` its reader's texts."""
+        return self._user_message(lambda message: message)
+
+    def user_message_in(self, texts: Texts) -> str:
+        return self._user_message(texts)
+
+    def _user_message(self, translate: Callable[[str], str]) -> str:
+        # The service is a product's name ("Ollama") or a generic one in the catalogue.
+        text = translate(_USER_MESSAGES[self.kind]).format(service=translate(self.service))
         return text[:1].upper() + text[1:]

@@ -13,9 +13,11 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import replace
 
 from .admission import Admission, Refusal
 from .conversation import Accepted, ConversationService, ReplyUpdate
+from .i18n import ENGLISH, Texts
 from .inflight import InFlight
 from .paging import split_pages
 from .ratelimit import Rate, SlidingWindowLimiter
@@ -59,11 +61,14 @@ class Replies:
         *,
         placeholder_shown: bool = False,
         then: Callable[[ReplyOutcome], Awaitable[None]] | None = None,
+        texts: Texts = ENGLISH,
     ) -> ReplyOutcome:
         """Answer ``question`` (None: ask the conversation's last question again). Delivery
         errors the engine cannot absorb propagate to the adapter, which knows their types.
         ``then`` is the adapter's finishing touch once the final text is out (Discord's Retry
-        button): it still counts as in flight, so ``in_flight`` and shutdown wait for it."""
+        button): it still counts as in flight, so ``in_flight`` and shutdown wait for it.
+        ``texts``: the catalogue in the asker's language (core/i18n.py)."""
+        profile = replace(profile, texts=profile.texts.translated(texts))
         messages = _MessageLog(self.service, sink)
         reply = StreamingReply(sink, profile, clock=self._clock, sleep=self._sleep,
                                placeholder_shown=placeholder_shown,
@@ -81,12 +86,14 @@ class Replies:
         return outcome
 
     async def tell_stale(self, platform: str, profile: PlatformProfile,
-                         edit: Callable[[MessageRef, str], Awaitable[None]]) -> int:
+                         edit: Callable[[MessageRef, str], Awaitable[None]],
+                         texts: Texts = ENGLISH) -> int:
         """After a crash, make each interrupted answer's last message say so: its text as
         last saved plus ``texts.interrupted``, instead of a frozen cursor. Earlier pages were
         final already. ``edit`` writes one message (final formatting); returns how many were
         told. Edits keep to the bot-wide budget: a crash can leave many."""
         told = 0
+        interrupted = texts(profile.texts.interrupted)  # its asker is not known: one language
         for stale in await self.service.stale_answers(platform):
             limit = profile.max_length - profile.reserve
             pages = split_pages(stale.partial_text, limit, profile.unit)
@@ -95,7 +102,7 @@ class Replies:
             while (wait := self.bot_wide_budget.check(BOT_WIDE)) > 0:
                 await self._sleep(wait)
             try:
-                await edit(stale.messages[-1], f"{shown}\n\n{profile.texts.interrupted}".strip())
+                await edit(stale.messages[-1], f"{shown}\n\n{interrupted}".strip())
                 told += 1
             except Exception as exc:  # deleted, too old, no access: nothing more to do
                 log.info("an interrupted answer's message could not be updated: %s",

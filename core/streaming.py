@@ -20,11 +20,13 @@ import enum
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 from .admission import Refusal, RefusalReason
 from .backend import Queued, Started, TextSoFar, Throttled
 from .conversation import Busy, Finished, Rejected, ReplyUpdate
+from .errors import BackendError
+from .i18n import ENGLISH, N_, Texts
 from .paging import LengthUnit, Pager, split_pages
 from .ratelimit import SlidingWindowLimiter
 from .store import MessageRef, TurnStatus
@@ -91,22 +93,40 @@ class MessageSink(abc.ABC):
 
 @dataclass(frozen=True)
 class ReplyTexts:
-    """Everything a bot says about an answer and about a refused question, in one place."""
+    """Everything a bot says about an answer and about a refused question, in one place.
+
+    The fields are catalogue ids (core/i18n.py): a platform may change one (its own busy
+    text), and ``translated`` gives them in a reader's language for one reply."""
 
     # Neutral about which backend answers: Chat with RTX, Ollama, a llama.cpp server…
-    starting: str = "⏳ Asking the model…"
-    waiting: str = "⏳ #{position} in line — the model answers one question at a time…"
-    thinking: str = "💭 Thinking…"
-    throttled: str = "⏳ The model is busy — trying again in {seconds} s…"
-    busy: str = "⏳ Still answering your previous question. Wait for it, or stop it first."
-    empty: str = "(The model returned an empty answer.)"
-    stopped: str = "⏹ Stopped."
-    failed: str = "⚠️ {error}"
-    trimmed: str = "(Older messages were left out to fit the model's context.)"
-    interrupted: str = "⚠️ Interrupted: rtxrelay was restarted. Ask again."
-    not_allowed: str = "Sorry, this bot is private."  # in a private chat
-    not_allowed_here: str = "Sorry, you can't use this bot here."  # seen by the asker alone
-    slow_down: str = "Slow down a little — try again in {seconds} s."
+    starting: str = N_("⏳ Asking the model…")
+    waiting: str = N_("⏳ #{position} in line — the model answers one question at a time…")
+    thinking: str = N_("💭 Thinking…")
+    throttled: str = N_("⏳ The model is busy — trying again in {seconds} s…")
+    busy: str = N_("⏳ Still answering your previous question. Wait for it, or stop it first.")
+    empty: str = N_("(The model returned an empty answer.)")
+    stopped: str = N_("⏹ Stopped.")
+    failed: str = N_("⚠️ {error}")
+    went_wrong: str = N_("Something went wrong.")
+    trimmed: str = N_("(Older messages were left out to fit the model's context.)")
+    interrupted: str = N_("⚠️ Interrupted: rtxrelay was restarted. Ask again.")
+    not_allowed: str = N_("Sorry, this bot is private.")  # in a private chat
+    not_allowed_here: str = N_("Sorry, you can't use this bot here.")  # seen by the asker alone
+    slow_down: str = N_("Slow down a little — try again in {seconds} s.")
+    # The catalogue in the reader's language: errors and refusals are translated with it.
+    texts: Texts = field(default=ENGLISH, compare=False)
+
+    def translated(self, texts: Texts) -> ReplyTexts:
+        """These texts in ``texts``' language."""
+        return replace(self, texts=texts, **{
+            name: texts(getattr(self, name)) for name in _TEXT_FIELDS})
+
+    def error(self, error: BackendError | None) -> str:
+        return self.failed.format(
+            error=error.user_message_in(self.texts) if error else self.went_wrong)
+
+    def rejected(self, rejected: Rejected) -> str:
+        return rejected.text_in(self.texts)
 
     def refusal(self, refusal: Refusal, *, private_chat: bool) -> str:
         """What to tell the asker. ``private_chat``: a one-to-one chat with the bot, rather
@@ -116,6 +136,9 @@ class ReplyTexts:
         if refusal.reason is RefusalReason.RATE_LIMITED:
             return self.slow_down.format(seconds=int(refusal.retry_after) + 1)
         return self.not_allowed if private_chat else self.not_allowed_here
+
+
+_TEXT_FIELDS = tuple(f.name for f in fields(ReplyTexts) if f.name != "texts")
 
 
 @dataclass(frozen=True)
@@ -243,7 +266,8 @@ class StreamingReply:
                 elif isinstance(update, Busy):
                     final_text, self.outcome.status = self._profile.texts.busy, ReplyStatus.BUSY
                 elif isinstance(update, Rejected):
-                    final_text, self.outcome.status = update.reason, ReplyStatus.REJECTED
+                    final_text = self._profile.texts.rejected(update)
+                    self.outcome.status = ReplyStatus.REJECTED
         finally:
             self._finished.set()
             if typing is not None:
@@ -405,8 +429,7 @@ class StreamingReply:
             parts.append(texts.stopped)
         else:
             self.outcome.status = ReplyStatus.FAILED
-            message = update.error.user_message if update.error else "Something went wrong."
-            parts.append(texts.failed.format(error=message))
+            parts.append(texts.error(update.error))
         return "\n\n".join(parts)
 
     async def _land(self, text: str) -> None:

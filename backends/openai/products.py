@@ -9,6 +9,8 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from rtxrelay.core.i18n import N_
+
 from .client import OpenAiClient
 from .settings import OpenAiEndpoint
 
@@ -51,12 +53,16 @@ _SERVICE = {
 _DEFAULT_PORTS = {8000: "ChatRTX", 8765: "ChatRTX", 11434: "Ollama", 1234: "LM Studio"}
 
 
+# A catalogue id: product names are not translated, this is (core/i18n.py).
+GENERIC_SERVICE = N_("the model server")
+
+
 def service_name(endpoint: OpenAiEndpoint, product: Product | None) -> str:
     if product is not None:
-        return _SERVICE.get(product.kind, "the model server")
+        return _SERVICE.get(product.kind, GENERIC_SERVICE)
     if endpoint.is_loopback and endpoint.url.port in _DEFAULT_PORTS:
         return _DEFAULT_PORTS[endpoint.url.port]
-    return "the model server"
+    return GENERIC_SERVICE
 
 
 async def identify(client: OpenAiClient, models: list[str] | None = None) -> Product:

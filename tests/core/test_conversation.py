@@ -229,7 +229,7 @@ async def test_empty_and_oversized_questions_are_rejected_before_storage(
     service = ConversationService(ScriptedBackend(), store, limits)
     assert isinstance((await drain(service.ask(ALICE, "   ")))[-1], Rejected)
     too_long = (await drain(service.ask(ALICE, "x" * 11)))[-1]
-    assert isinstance(too_long, Rejected) and "10" in too_long.reason
+    assert isinstance(too_long, Rejected) and "the limit is 10" in too_long.message
     assert await store.turns_for_key(str(ALICE)) == []
 
 
