@@ -1,6 +1,7 @@
 """Bench worker: the floor, the least any client must do to read a captured answer stream.
 
     python bench/_floor_worker.py BODY OUT_JSON [--delivery D] [--parser json|orjson]
+                                  [--read-window S]
     python bench/_floor_worker.py --serve BODY [--delivery D]   (the server the above starts)
 
 BODY is the raw ``/queue/data`` body of one answer as rtxrelay read it (``_rtxrelay_worker.py
@@ -9,10 +10,10 @@ minimal HTTP/1.1 server (asyncio streams) in a child process (``--serve``: its C
 ours) that answers ``GET /stream`` with that body framed as Gradio frames it (chunked, one
 HTTP chunk per SSE event: aiohttp's reader does some work per chunk), then reads it here with
 a minimal aiohttp reader: ``readany()`` in a loop, split the buffer at blank lines,
-``json.loads`` each event's ``data:``
-(or ``orjson.loads``), nothing else: no diffs applied, no text rebuilt, no timeouts. Only the
-reading side is measured (``getrusage(RUSAGE_SELF)`` of this process), from the request to the
-end of the body, on a connection a first ``GET /warm`` opened (and warmed aiohttp's code).
+``json.loads`` (or ``orjson.loads``, what rtxrelay decodes events with) each event's ``data:``,
+nothing else: no diffs applied, no text rebuilt, no timeouts. Only the reading side is
+measured (``getrusage(RUSAGE_SELF)`` of this process), from the request to the end of the
+body, on a connection a first ``GET /warm`` opened (and warmed aiohttp's code).
 
 Delivery (``--delivery``):
 - ``once`` (default): the whole framed response in one write, so the reader finds it all
@@ -25,6 +26,16 @@ Delivery (``--delivery``):
   their number), then the rest. The reader therefore wakes up as often as the tokens come,
   like any reader that reads as data arrives.
 
+``--read-window S`` (with ``paced``: "paced, same window") makes the reader read on the
+consumer's clock as rtxrelay does with the same window: after a read that carried text
+(a ``process_generating`` event, no ``process_completed``), it pauses the socket
+(``transport.pause_reading()``) and resumes it ``S`` seconds later (``loop.call_later``), so
+the events that arrive meanwhile are one read. The condition is rtxrelay's
+(``backends/paced_reads.py``), written out here so the floor does not run the code it
+bounds: the first read with text always holds; after it, a hold is taken only while the
+events read since that first read fit at least ``GATHER`` (1.5) events in a window at their
+average pace, and never after a read of 64 KiB or more (a backlog).
+
 Counted as in ``_rtxrelay_worker.py``: reads, events, event-loop wake-ups and socket reads
 (``_loop_counts``), voluntary context switches (``_measure``).
 """
@@ -33,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import subprocess
 import sys
@@ -48,6 +58,10 @@ from _measure import Result, checkpoint, startup_wall
 GENERATING = b'"msg":"process_generating"'
 COMPLETED = b'"msg":"process_completed"'
 DELIVERIES = ("once", "once-1chunk", "paced")
+# rtxrelay's hold condition (backends/paced_reads.py), restated: a window must be expected to
+# gather this many events, and a read this large (a backlog) is never followed by a hold.
+GATHER = 1.5
+BACKLOG_READ = 64 * 1024
 
 
 def split_events(body: bytes) -> list[bytes]:
@@ -152,17 +166,23 @@ async def serve(body: bytes, delivery: str, schedule: tuple[float, float, int] |
 # -- the reader (this process, measured) ------------------------------------------------------
 
 
-async def read(base: str, loads: Callable[[bytes], Any], result: Result) -> None:
+async def read(base: str, loads: Callable[[bytes], Any], window: float,
+               result: Result) -> None:
+    loop = asyncio.get_running_loop()
     counts = LoopCounts()
-    count_loop(asyncio.get_running_loop(), counts)
+    count_loop(loop, counts)
     count_socket_reads(counts)
     async with aiohttp.ClientSession() as http:
         async with http.get(base + "/warm") as warm:
             await warm.read()
         counts.reset()
-        reads = events = size = 0
+        reads = events = size = holds = 0
+        text_since: float | None = None  # when the first read with text came
+        text_events = 0  # events read since then (that first read's not counted)
         start = checkpoint()
         async with http.get(base + "/stream") as response:
+            connection = response.connection
+            transport = connection.transport if connection is not None else None
             buffer = b""
             content = response.content
             while True:
@@ -173,26 +193,42 @@ async def read(base: str, loads: Callable[[bytes], Any], result: Result) -> None
                 size += len(chunk)
                 buffer += chunk
                 *complete, buffer = buffer.split(b"\n\n")
+                text = finished = False
                 for event in complete:
                     if event.startswith(b"data: "):
                         loads(event[6:])
                         events += 1
+                        text |= GENERATING in event[:60]
+                        finished |= COMPLETED in event[:60]
+                if window > 0 and text and not finished and transport is not None:
+                    # The hold: the same condition as rtxrelay's PacedReads.hold.
+                    now = loop.time()
+                    if text_since is None:
+                        text_since = now
+                        gathers = True
+                    else:
+                        text_events += len(complete)
+                        gathers = window * text_events >= GATHER * (now - text_since)
+                    if gathers and len(chunk) < BACKLOG_READ and not transport.is_closing():
+                        transport.pause_reading()
+                        loop.call_later(window, transport.resume_reading)
+                        holds += 1
         done = checkpoint()
     result.answer_phase(start, done)
     result.stream_reads = reads
     result.messages = {"events": events}
     result.extra.update(counts.as_dict())
     result.extra["stream_bytes"] = size
+    result.extra["windows_held"] = holds
 
 
-def _loads(parser: str, orjson_path: str | None) -> Callable[[bytes], Any]:
+def _loads(parser: str) -> Callable[[bytes], Any]:
     if parser == "json":
         return json.loads
-    if orjson_path:
-        sys.path.insert(0, orjson_path)
-    module = importlib.import_module(parser)
-    result: Callable[[bytes], Any] = module.loads
-    return result
+    import orjson  # a dependency of rtxrelay: always in the project venv
+
+    loads: Callable[[bytes], Any] = orjson.loads
+    return loads
 
 
 def main() -> int:
@@ -203,8 +239,9 @@ def main() -> int:
     parser.add_argument("out", nargs="?")
     parser.add_argument("--delivery", default="once", choices=DELIVERIES)
     parser.add_argument("--parser", default="json", choices=("json", "orjson"))
-    parser.add_argument("--orjson-path", default=None,
-                        help="a folder holding orjson, when the venv has none")
+    parser.add_argument("--read-window", type=float, default=0.0,
+                        help="pause the socket this long after a read with text (s), as "
+                        "rtxrelay's PacedReads does; 0: read as data arrives")
     args = parser.parse_args()
     body_path = Path(args.body)
     paced = args.delivery == "paced"
@@ -217,7 +254,7 @@ def main() -> int:
                     rss_after_import_mib=ready.rss_mib)
     server: subprocess.Popen[str] | None = None
     try:
-        loads = _loads(args.parser, args.orjson_path)
+        loads = _loads(args.parser)
         body = body_path.read_bytes()
         expected = sum(1 for e in split_events(body) if e.startswith(b"data: "))
         if paced:
@@ -228,13 +265,14 @@ def main() -> int:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert server.stdout is not None
         port = int(server.stdout.readline())
-        asyncio.run(read(f"http://127.0.0.1:{port}", loads, result))
+        asyncio.run(read(f"http://127.0.0.1:{port}", loads, args.read_window, result))
         got = result.messages.get("events", 0)
         result.ok = got == expected and result.extra.get("stream_bytes") == len(body)
         if not result.ok:
             result.error = (f"read {got} of {expected} events, {result.extra.get('stream_bytes')}"
                             f" of {len(body)} bytes")
         result.extra.update(parser=args.parser, delivery=args.delivery, body_bytes=len(body),
+                            read_window=args.read_window,
                             aiohttp=aiohttp.__version__, python=sys.version.split()[0])
     except BaseException as exc:  # report anything, even a KeyboardInterrupt
         result.fail(exc)
