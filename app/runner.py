@@ -9,8 +9,10 @@ import logging
 from collections.abc import Awaitable, Sequence
 
 from rtxrelay.bots import PLATFORMS, Platform, PlatformRunner, configured_platforms
+from rtxrelay.bots.languages import Languages
 from rtxrelay.core.conversation import ConversationService
 from rtxrelay.core.errors import ConfigError, PlatformUnreachable
+from rtxrelay.core.i18n import Catalogue
 
 from .settings import Settings
 
@@ -57,7 +59,11 @@ async def run_bots(settings: Settings, stop: asyncio.Event | None = None, *,
     async with open_relay(settings) as relay:
         jobs: list[Awaitable[list[bool]]] = []
         if platforms:
-            jobs.append(_run_all(platforms, relay.service, settings, stop, retry_delays))
+            # One catalogue for the process; each user's /language choice lives in the store.
+            languages = Languages(Catalogue.load(), relay.store,
+                                  default=settings.default_language)
+            jobs.append(_run_all(platforms, relay.service, languages, settings, stop,
+                                 retry_delays))
         if api is not None:
 
             async def api_job() -> list[bool]:
@@ -78,14 +84,14 @@ async def run_bots(settings: Settings, stop: asyncio.Event | None = None, *,
 
 
 async def _run_all(platforms: dict[str, PlatformRunner], service: ConversationService,
-                   settings: Settings, stop: asyncio.Event,
+                   languages: Languages, settings: Settings, stop: asyncio.Event,
                    retry_delays: Sequence[float]) -> list[bool]:
     async def guarded(name: str, runner: PlatformRunner) -> bool:
         # One platform failing (bad token, network) must not take the others down.
         attempt = 0
         while True:
             try:
-                await runner(service, settings.env, stop)
+                await runner(service, languages, settings.env, stop)
                 return True
             except PlatformUnreachable as exc:
                 delay = retry_delays[min(attempt, len(retry_delays) - 1)]

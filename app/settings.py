@@ -24,6 +24,7 @@ from rtxrelay.backends.openai.settings import OpenAiSettings
 from rtxrelay.core.conversation import ConversationLimits
 from rtxrelay.core.env import Env
 from rtxrelay.core.errors import ConfigError
+from rtxrelay.core.i18n import Language, negotiate
 from rtxrelay.core.ratelimit import Rate
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -55,6 +56,8 @@ class Settings:
     log_level_set: bool = False  # LOG_LEVEL given: every command logs at it
     log_file: Path | None = None  # LOG_FILE: also log there, rotated (a service has no console)
     jobs_set: bool = False  # MAX_CONCURRENT_JOBS given (else the backend's own figure)
+    # DEFAULT_LANGUAGE: for chat users whose language rtxrelay does not speak or know
+    default_language: Language = Language.EN
 
 
 def load_settings(
@@ -111,7 +114,21 @@ def load_settings(
         env=env,
         env_file=used_file,
         wire_logs=env.bool("LOG_WIRE", False),
+        default_language=_default_language(env),
     )
+
+
+def _default_language(env: Env) -> Language:
+    """DEFAULT_LANGUAGE: a tag as users write it (en, zh-CN, zh_TW, zh-Hant...)."""
+    raw = env.str("DEFAULT_LANGUAGE")
+    if raw is None:
+        return Language.EN
+    language = negotiate(raw)
+    if language is None:
+        raise ConfigError(f"DEFAULT_LANGUAGE={raw!r} is not a language rtxrelay speaks.",
+                          hint="Use en (English), zh-CN (Simplified Chinese) or zh-TW "
+                          "(Traditional Chinese).", setting="DEFAULT_LANGUAGE")
+    return language
 
 
 def _family(env: Env) -> BackendFamily:

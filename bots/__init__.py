@@ -15,9 +15,13 @@ from dataclasses import dataclass
 from rtxrelay.core.conversation import ConversationService
 from rtxrelay.core.env import Env
 
-# Runs one platform's bot until ``stop`` is set. Raises ConfigError for a setting to fix and
-# PlatformUnreachable when the platform's servers cannot be reached (the runner retries).
-PlatformRunner = Callable[[ConversationService, Env, asyncio.Event], Awaitable[None]]
+from .languages import Languages
+
+# Runs one platform's bot until ``stop`` is set, speaking each user's language (``Languages``:
+# the process's one catalogue, DEFAULT_LANGUAGE and the users' /language choices). Raises
+# ConfigError for a setting to fix and PlatformUnreachable when the platform's servers cannot
+# be reached (the runner retries).
+PlatformRunner = Callable[[ConversationService, Languages, Env, asyncio.Event], Awaitable[None]]
 
 
 @dataclass(frozen=True)

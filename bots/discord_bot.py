@@ -34,6 +34,7 @@ from rtxrelay.core.admission import RefusalReason
 from rtxrelay.core.conversation import ConversationService
 from rtxrelay.core.env import Env
 from rtxrelay.core.errors import ConfigError, PlatformUnreachable
+from rtxrelay.core.i18n import ENGLISH, N_, Language, Texts, negotiate
 from rtxrelay.core.paging import LengthUnit, close_open_fence
 from rtxrelay.core.ratelimit import Rate
 from rtxrelay.core.replies import Replies
@@ -49,11 +50,13 @@ from rtxrelay.core.streaming import (
 )
 
 from .discord_render import to_discord_markdown
+from .languages import AUTONYMS, Languages
 
 log = logging.getLogger(__name__)
 
 NO_MENTIONS = discord.AllowedMentions.none()
-TEXTS = ReplyTexts(busy="⏳ Still answering your previous question — press Stop on it first.")
+PLATFORM = "discord"  # as the store keys users' language choices
+TEXTS = ReplyTexts(busy=N_("⏳ Still answering your previous question — press Stop on it first."))
 # Discord counts content in code points. Message writes share a per-channel bucket, observed
 # at 5 per 5 s: one edit a second would empty it exactly, and discord.py then holds the next
 # edit for the whole reset (~5 s stalls, bench/bench_streaming.py). 1.25 s keeps a slot spare.
@@ -75,13 +78,23 @@ ACK_DEADLINE = 3.0  # seconds Discord gives to acknowledge an interaction
 # CPU (bench/bench_discord_ack.py). Requests past the bound wait for a free connection.
 REST_CONNECTIONS = 32
 INVALID_WEBHOOK_TOKEN = 50027
-HELP = (
+HELP = N_(
     "I pass your questions to Chat with RTX and stream its answers.\n"
     "• `/ask question:` — ask in any channel I can see.\n"
     "• Mention me with a question, or reply to one of my answers to continue.\n"
     "• In DMs, just write.\n"
-    "• `/reset` starts a new conversation. **Stop** ends an answer, **Retry** asks again."
+    "• `/reset` starts a new conversation. **Stop** ends an answer, **Retry** asks again.\n"
+    "• `/language` sets the language I answer in."
 )
+NEW_CONVERSATION = N_("🆕 New conversation started.")
+NOTHING_TO_STOP = N_("Nothing to stop.")
+MENTION_HINT = N_("Mention me with your question, e.g. @me what is RTX?")
+EMPTY_MENTION = N_("Ask me something — write your question after the mention.")
+NOT_YOURS = {"stop": N_("Only the person who asked can stop this answer."),
+             "retry": N_("Only the person who asked can retry this answer.")}
+BUTTON_LABELS = {"stop": N_("Stop"), "retry": N_("Retry")}
+CHANGE_LANGUAGE = N_("To change it, use /language and pick a language.")
+MSGID = "msgid"  # the extra of a locale_str that names its catalogue id (CatalogueTranslator)
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -286,8 +299,10 @@ class ControlButton(discord.ui.DynamicItem[discord.ui.Button[Any]],
     """Stop/Retry under an answer. The asker's id is in the custom_id, so the buttons keep
     working after a restart and nothing is kept in memory per message."""
 
-    def __init__(self, action: str, asker: int) -> None:
-        label, emoji = ("Stop", "⏹") if action == "stop" else ("Retry", "🔄")
+    def __init__(self, action: str, asker: int, label: str | None = None) -> None:
+        """``label``: in the asker's language (a click rebuilds the item without one: only
+        its custom_id matters then)."""
+        emoji = "⏹" if action == "stop" else "🔄"
         super().__init__(discord.ui.Button(
             label=label, emoji=emoji, style=discord.ButtonStyle.secondary,
             custom_id=f"rtxrelay:{action}:{asker}",
@@ -305,10 +320,40 @@ class ControlButton(discord.ui.DynamicItem[discord.ui.Button[Any]],
             await bot.on_control(interaction, self.action, self.asker)
 
 
-def control_view(action: str, asker: int) -> discord.ui.View:
+def control_view(action: str, asker: int, texts: Texts = ENGLISH) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
-    view.add_item(ControlButton(action, asker))
+    view.add_item(ControlButton(action, asker, texts(BUTTON_LABELS[action])))
     return view
+
+
+# -- slash commands in the users' languages -------------------------------------------------------
+
+
+class CatalogueTranslator(app_commands.Translator):
+    """Slash-command descriptions, option names and choice names, translated for each of
+    Discord's locales that rtxrelay speaks (zh-CN, zh-TW; en-US and en-GB when the default
+    language is not English): discord.py sends them as ``name_localizations`` and
+    ``description_localizations`` when the commands are synced. Only strings made by
+    ``DiscordBot._described`` or ``named`` (they carry their catalogue id) are translated:
+    command names and the languages' own names (the /language choices) stay as they are."""
+
+    def __init__(self, languages: Languages) -> None:
+        self._languages = languages
+
+    async def translate(self, string: app_commands.locale_str, locale: discord.Locale,
+                        context: app_commands.TranslationContextTypes) -> str | None:
+        msgid = string.extras.get(MSGID)
+        language = negotiate(locale.value)
+        if not isinstance(msgid, str) or language is None:
+            return None  # Discord shows the default text
+        text = self._languages.texts_in(language)(msgid)
+        return text if text != string.message else None
+
+
+def named(msgid: str) -> app_commands.locale_str:
+    """An option's name: English by default (what users type and interactions carry),
+    translated for the locales rtxrelay speaks."""
+    return app_commands.locale_str(msgid, **{MSGID: msgid})
 
 
 # -- the bot --------------------------------------------------------------------------------------
@@ -340,6 +385,7 @@ class DiscordBot:
         self,
         service: ConversationService,
         settings: DiscordSettings,
+        languages: Languages | None = None,
         *,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
@@ -347,6 +393,9 @@ class DiscordBot:
     ) -> None:
         self._service = service
         self._settings = settings
+        # Each user's language (the application passes its one catalogue and the store);
+        # built without it, the bot speaks English.
+        self._languages = languages or Languages.english_only()
         self._clock = clock  # interaction-token expiry
         self._replies = Replies(service, bot_wide_writes=BOT_WIDE_WRITES, clock=clock,
                                 sleep=sleep)
@@ -424,6 +473,7 @@ class DiscordBot:
         self.client.add_dynamic_items(ControlButton)
         await self._tell_stale()
         tree = self.client.tree
+        await tree.set_translator(CatalogueTranslator(self._languages))
         try:
             if self._settings.command_guild is not None:
                 guild = discord.Object(self._settings.command_guild)
@@ -439,8 +489,9 @@ class DiscordBot:
         log.info("Discord bot is connecting")
 
     async def _tell_stale(self) -> None:
-        """Answers a crash interrupted: their last message says so (see Replies). A bot may
-        edit its own messages through the channel, interaction responses included."""
+        """Answers a crash interrupted: their last message says so (see Replies), in the
+        default language (their askers are not known any more). A bot may edit its own
+        messages through the channel, interaction responses included."""
 
         async def edit(ref: MessageRef, text: str) -> None:
             channel = self.client.get_partial_messageable(int(ref.chat))
@@ -448,26 +499,63 @@ class DiscordBot:
                                reply_to=None, stop_view=None, clock=self._clock)
             await sink.edit(_Posted(int(ref.message), PostedKind.CHANNEL), text, final=True)
 
-        await self._replies.tell_stale("discord", PROFILE, edit)
+        await self._replies.tell_stale(PLATFORM, PROFILE, edit,
+                                       texts=self._languages.default_texts)
+
+    def _described(self, msgid: str) -> app_commands.locale_str:
+        """A description or choice name: in DEFAULT_LANGUAGE by default (what Discord shows
+        in locales rtxrelay does not speak, as its answers there are), translated for the
+        others (CatalogueTranslator)."""
+        return app_commands.locale_str(self._languages.default_texts(msgid), **{MSGID: msgid})
 
     def _register_commands(self, tree: app_commands.CommandTree[Any]) -> None:
-        @tree.command(name="ask", description="Ask Chat with RTX a question")
-        @app_commands.describe(question="What do you want to know?")
+        text = self._described
+
+        @tree.command(name="ask", description=text(N_("Ask Chat with RTX a question")))
+        @app_commands.describe(question=text(N_("What do you want to know?")))
+        @app_commands.rename(question=named(N_("question")))
         async def ask(interaction: discord.Interaction, question: str) -> None:
             await self._on_ask(interaction, question)
 
-        @tree.command(name="reset", description="Start a new conversation with Chat with RTX")
+        @tree.command(name="reset",
+                      description=text(N_("Start a new conversation with Chat with RTX")))
         async def reset(interaction: discord.Interaction) -> None:
+            texts = await self._interaction_texts(interaction)
             if not self._allowed(interaction.user, interaction.guild, interaction.channel):
-                await _tell(interaction, TEXTS.not_allowed_here)
+                await _tell(interaction, texts(TEXTS.not_allowed_here))
                 return
             await self._service.reset(self._key(interaction.user, interaction.guild,
                                                 interaction.channel_id))
-            await _tell(interaction, "🆕 New conversation started.")
+            await _tell(interaction, texts(NEW_CONVERSATION))
 
-        @tree.command(name="help", description="How to use this bot")
+        @tree.command(name="help", description=text(N_("How to use this bot")))
         async def help_(interaction: discord.Interaction) -> None:
-            await _tell(interaction, HELP)
+            texts = await self._interaction_texts(interaction)
+            await _tell(interaction, texts(HELP))
+
+        choices = [app_commands.Choice(name=AUTONYMS[language], value=language.tag)
+                   for language in Language]
+        choices.append(app_commands.Choice(
+            name=text(N_("Automatic: follow your Discord language")), value="auto"))
+
+        @tree.command(name="language", description=text(N_("Choose the language I answer in")))
+        @app_commands.describe(language=text(N_("Leave it out to see your language now")))
+        @app_commands.rename(language=named(N_("language")))
+        @app_commands.choices(language=choices)
+        async def language(interaction: discord.Interaction, language: str | None = None) -> None:
+            await self._on_language(interaction, language or "")
+
+    async def _on_language(self, interaction: discord.Interaction, choice: str) -> None:
+        """``/language`` shows the user's language; with a choice it keeps it for all their
+        servers and DMs with this bot; ``auto`` forgets it."""
+        if not self._allowed(interaction.user, interaction.guild, interaction.channel):
+            texts = await self._interaction_texts(interaction)
+            await _tell(interaction, texts(TEXTS.not_allowed_here))
+            return
+        reply = await self._languages.command(
+            PLATFORM, str(interaction.user.id), interaction.locale.value, choice,
+            how_to_change=lambda texts: texts(CHANGE_LANGUAGE))
+        await _tell(interaction, reply)
 
     # -- /ask -------------------------------------------------------------------------------------
 
@@ -487,9 +575,11 @@ class DiscordBot:
         channel = interaction.channel
         if channel is None or not isinstance(channel, discord.abc.Messageable):
             return
+        texts = await self._interaction_texts(interaction)
         sink = self._sink(channel, interaction if deferred else None, original_pending=deferred,
-                          reply_to=None, asker=interaction.user.id)
-        await self._stream(sink, key, interaction.user.id, question, placeholder_shown=deferred)
+                          reply_to=None, asker=interaction.user.id, texts=texts)
+        await self._stream(sink, key, interaction.user.id, question, texts,
+                           placeholder_shown=deferred)
 
     async def _refused(self, interaction: discord.Interaction, key: ConversationKey,
                        asker: int) -> bool:
@@ -498,7 +588,8 @@ class DiscordBot:
             interaction.user, interaction.guild, interaction.channel))
         if refusal is None:
             return False
-        await _tell(interaction, TEXTS.refusal(refusal, private_chat=False))
+        texts = await self._interaction_texts(interaction)
+        await _tell(interaction, TEXTS.translated(texts).refusal(refusal, private_chat=False))
         return True
 
     # -- mentions, replies and DMs ----------------------------------------------------------------
@@ -514,21 +605,23 @@ class DiscordBot:
             return
         allowed = self._allowed(message.author, message.guild, message.channel)
         if allowed and not question:
-            hint = ("Mention me with your question, e.g. @me what is RTX?"
-                    if message.guild is not None and not self._settings.message_content
-                    else "Ask me something — write your question after the mention.")
-            await self._say(message, hint)
+            hint = (MENTION_HINT if message.guild is not None
+                    and not self._settings.message_content else EMPTY_MENTION)
+            await self._say(message, (await self._message_texts(message))(hint))
             return
         key = self._key(message.author, message.guild, message.channel.id)
         refusal = self._replies.admit(key, str(message.author.id), allowed=allowed)
         if refusal is not None:
             # In a server, people the bot is not for are not answered at all.
             if message.guild is None or refusal.reason is not RefusalReason.NOT_ALLOWED:
-                await self._say(message, TEXTS.refusal(refusal, private_chat=message.guild is None))
+                texts = await self._message_texts(message)
+                await self._say(message, TEXTS.translated(texts).refusal(
+                    refusal, private_chat=message.guild is None))
             return
+        texts = await self._message_texts(message)
         sink = self._sink(message.channel, None, original_pending=False, reply_to=message,
-                          asker=message.author.id)
-        await self._stream(sink, key, message.author.id, question)
+                          asker=message.author.id, texts=texts)
+        await self._stream(sink, key, message.author.id, question, texts)
 
     def _question(self, message: discord.Message, me: int) -> str | None:
         """The question if this message is for us, else None ("" = for us but unreadable)."""
@@ -556,12 +649,14 @@ class DiscordBot:
         key = self._key(interaction.user, interaction.guild, interaction.channel_id)
         with self._acking():
             if interaction.user.id != asker:
-                await _tell(interaction, f"Only the person who asked can {action} this answer.")
+                texts = await self._interaction_texts(interaction)
+                await _tell(interaction, texts(NOT_YOURS[action]))
                 return
             if action == "stop":
                 await interaction.response.defer()  # the answer's own edit shows "Stopped"
                 if not self._service.cancel(key):
-                    await interaction.followup.send("Nothing to stop.", ephemeral=True,
+                    texts = await self._interaction_texts(interaction)
+                    await interaction.followup.send(texts(NOTHING_TO_STOP), ephemeral=True,
                                                     allowed_mentions=NO_MENTIONS)
                 return
             if await self._refused(interaction, key, asker):
@@ -571,37 +666,55 @@ class DiscordBot:
         channel = interaction.channel
         if channel is None or not isinstance(channel, discord.abc.Messageable):
             return
+        texts = await self._interaction_texts(interaction)
         sink = self._sink(channel, interaction, original_pending=False,
-                          reply_to=interaction.message, asker=asker)
-        await self._stream(sink, key, asker, None)
+                          reply_to=interaction.message, asker=asker, texts=texts)
+        await self._stream(sink, key, asker, None, texts)
 
     # -- streaming --------------------------------------------------------------------------------
 
     def _sink(self, channel: discord.abc.Messageable, interaction: discord.Interaction | None, *,
               original_pending: bool, reply_to: discord.Message | None,
-              asker: int) -> DiscordSink:
+              asker: int, texts: Texts = ENGLISH) -> DiscordSink:
         return DiscordSink(channel, interaction=interaction, original_pending=original_pending,
-                           reply_to=reply_to, stop_view=control_view("stop", asker),
+                           reply_to=reply_to, stop_view=control_view("stop", asker, texts),
                            clock=self._clock)
 
     async def _stream(self, sink: DiscordSink, key: ConversationKey, asker: int,
-                      question: str | None, *, placeholder_shown: bool = False) -> None:
-        """Answer ``question`` (None: ask the last one again) into ``sink``."""
+                      question: str | None, texts: Texts, *,
+                      placeholder_shown: bool = False) -> None:
+        """Answer ``question`` (None: ask the last one again) into ``sink``, in ``texts``'
+        language."""
         await self._after_acks()
 
         async def offer_retry(outcome: ReplyOutcome) -> None:
             if outcome.final_landed and outcome.handles and outcome.status in (
                 ReplyStatus.COMPLETE, ReplyStatus.FAILED, ReplyStatus.INTERRUPTED
             ):
-                await sink.set_view(outcome.handles[-1], control_view("retry", asker))
+                await sink.set_view(outcome.handles[-1], control_view("retry", asker, texts))
 
         try:
-            await self._replies.answer(sink, PROFILE, key, question,
+            await self._replies.answer(sink, PROFILE, key, question, texts=texts,
                                        placeholder_shown=placeholder_shown, then=offer_retry)
         except discord.HTTPException as exc:
             log.warning("could not deliver a reply: HTTP %s (code %s)", exc.status, exc.code)
 
-    # -- who, where, which conversation -----------------------------------------------------------
+    # -- who, where, which conversation, which language ---------------------------------------
+
+    async def _interaction_texts(self, interaction: discord.Interaction) -> Texts:
+        """The catalogue in the user's language: their /language choice, else their Discord
+        client's (``locale``, sent with every interaction), else DEFAULT_LANGUAGE."""
+        return await self._languages.texts(PLATFORM, str(interaction.user.id),
+                                           interaction.locale.value)
+
+    async def _message_texts(self, message: discord.Message) -> Texts:
+        """For a message (an @mention, a DM): the author's /language choice, else the
+        server's language (messages do not carry the author's own), else
+        DEFAULT_LANGUAGE."""
+        guild = message.guild
+        return await self._languages.texts(
+            PLATFORM, str(message.author.id),
+            guild.preferred_locale.value if guild is not None else None)
 
     def _key(self, user: discord.abc.User, guild: discord.Guild | None,
              channel_id: int | None) -> ConversationKey:
@@ -656,6 +769,7 @@ def _raise_start_error(runner: asyncio.Task[None]) -> None:
             "DMs and /ask work without it).") from exc
 
 
-async def run_discord(service: ConversationService, env: Env, stop: asyncio.Event) -> None:
-    bot = DiscordBot(service, DiscordSettings.from_env(env))
+async def run_discord(service: ConversationService, languages: Languages, env: Env,
+                      stop: asyncio.Event) -> None:
+    bot = DiscordBot(service, DiscordSettings.from_env(env), languages)
     await bot.run(stop)

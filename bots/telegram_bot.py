@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
-from telegram import Bot, BotCommand, Message, MessageEntity, ReplyParameters, Update
+from telegram import Bot, BotCommand, Message, MessageEntity, ReplyParameters, Update, User
 from telegram.constants import ChatAction, ChatType, ParseMode
 from telegram.error import (
     BadRequest,
@@ -43,6 +43,7 @@ from rtxrelay.core.admission import RefusalReason
 from rtxrelay.core.conversation import ConversationService
 from rtxrelay.core.env import Env
 from rtxrelay.core.errors import ConfigError, PlatformUnreachable
+from rtxrelay.core.i18n import N_, Language, Texts, negotiate
 from rtxrelay.core.paging import LengthUnit
 from rtxrelay.core.ratelimit import Rate
 from rtxrelay.core.replies import Replies
@@ -56,14 +57,16 @@ from rtxrelay.core.streaming import (
     RetryLater,
 )
 
+from .languages import AUTONYMS, Languages
 from .telegram_polling import PollRequest, PollWatch
 from .telegram_render import to_plain_text, to_telegram_html
 
 log = logging.getLogger(__name__)
 
+PLATFORM = "telegram"  # as the store keys users' language choices
 TEXTS = ReplyTexts(
-    busy="⏳ Still answering your previous question — send /cancel to stop it.",
-    interrupted="⚠️ Interrupted: rtxrelay was restarted. Send /retry to ask again.",
+    busy=N_("⏳ Still answering your previous question — send /cancel to stop it."),
+    interrupted=N_("⚠️ Interrupted: rtxrelay was restarted. Send /retry to ask again."),
 )
 # Bot API: 4096 characters after entity parsing; we budget UTF-16 units to be safe either way.
 PRIVATE = PlatformProfile("telegram-private", 4096, LengthUnit.UTF16, edit_interval=1.0,
@@ -78,19 +81,27 @@ MAX_IN_FLIGHT = 32
 # edits, drafts, typing) stay under 20, since requests bunch on their way out: at 25/s, 1,000
 # concurrent answers drew 49 429s in 43 s, at 20/s 2 in all (bench/bench_streaming.py).
 BOT_WIDE_WRITES = Rate(20, 1.0)
-COMMANDS = [
-    BotCommand("ask", "Ask Chat with RTX a question"),
-    BotCommand("reset", "Start a new conversation"),
-    BotCommand("cancel", "Stop the answer being written"),
-    BotCommand("retry", "Ask your last question again"),
-    BotCommand("help", "How to use this bot"),
-]
-HELP = (
+# The commands' menu (setMyCommands): each command and its description's catalogue id.
+COMMANDS: tuple[tuple[str, str], ...] = (
+    ("ask", N_("Ask Chat with RTX a question")),
+    ("reset", N_("Start a new conversation")),
+    ("cancel", N_("Stop the answer being written")),
+    ("retry", N_("Ask your last question again")),
+    ("language", N_("Choose the language I answer in")),
+    ("help", N_("How to use this bot")),
+)
+HELP = N_(
     "I pass your questions to Chat with RTX and stream its answers.\n\n"
     "• In a private chat, just write.\n"
     "• In groups, mention me, reply to one of my answers, or use /ask your question.\n"
-    "/reset starts a new conversation, /cancel stops an answer, /retry asks again."
+    "/reset starts a new conversation, /cancel stops an answer, /retry asks again, "
+    "/language sets the language I answer in."
 )
+USAGE = N_("Usage: /ask your question")
+NEW_CONVERSATION = N_("🆕 New conversation started.")
+NOTHING_TO_STOP = N_("Nothing to stop.")
+CHANGE_LANGUAGE = N_("To change it, send one of these:")
+FOLLOW_APP = N_("follow your app's language")
 
 
 class History(enum.Enum):
@@ -243,6 +254,7 @@ class TelegramBot:
         self,
         service: ConversationService,
         settings: TelegramSettings,
+        languages: Languages | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -250,6 +262,9 @@ class TelegramBot:
     ) -> None:
         self._service = service
         self._settings = settings
+        # Each user's language (the application passes its one catalogue and the store);
+        # built without it, the bot speaks English.
+        self._languages = languages or Languages.english_only()
         self._poll_watch = poll_watch or PollWatch()
         self._replies = Replies(service, bot_wide_writes=BOT_WIDE_WRITES, clock=clock,
                                 sleep=sleep)
@@ -278,6 +293,7 @@ class TelegramBot:
         app.add_handler(CommandHandler("reset", self._on_reset, filters=new))
         app.add_handler(CommandHandler("cancel", self._on_cancel, filters=new))
         app.add_handler(CommandHandler("retry", self._on_retry, filters=new))
+        app.add_handler(CommandHandler("language", self._on_language, filters=new))
         app.add_handler(MessageHandler(new & filters.TEXT & ~filters.COMMAND, self._on_text))
         app.add_error_handler(self._on_error)
         return app
@@ -288,7 +304,7 @@ class TelegramBot:
         """Poll until ``stop`` is set, then finish in-flight replies as 'Stopped'."""
         app = self.application
         async with app:
-            await app.bot.set_my_commands(COMMANDS)
+            await self._set_commands(app.bot)
             await app.start()
             await self._tell_stale(app.bot)
             assert app.updater is not None
@@ -308,14 +324,33 @@ class TelegramBot:
                 await self.finish_replies()
                 await app.stop()
 
+    async def _set_commands(self, bot: Bot) -> None:
+        """The commands' menu in each language: the default list (DEFAULT_LANGUAGE, for
+        languages rtxrelay does not speak), then one per language code. Telegram keys these
+        lists by two-letter ISO 639-1 codes only, so "zh" cannot tell Simplified from
+        Traditional: every Chinese user sees the Simplified menu (``negotiate("zh")``), while
+        their answers follow their full ``language_code`` (zh-hant: Traditional)."""
+        await bot.set_my_commands(self._commands(self._languages.default_texts))
+        for code in sorted({language.value[:2] for language in Language}):
+            language = negotiate(code)
+            assert language is not None, "every language rtxrelay speaks has a code"
+            await bot.set_my_commands(self._commands(self._languages.texts_in(language)),
+                                      language_code=code)
+
+    @staticmethod
+    def _commands(texts: Texts) -> list[BotCommand]:
+        return [BotCommand(command, texts(description)) for command, description in COMMANDS]
+
     async def _tell_stale(self, bot: Bot) -> None:
-        """Answers a crash interrupted: their last message says so (see Replies)."""
+        """Answers a crash interrupted: their last message says so (see Replies), in the
+        default language (their askers are not known any more)."""
 
         async def edit(ref: MessageRef, text: str) -> None:
             sink, handle = TelegramSink.for_message(bot, ref)
             await sink.edit(handle, text, final=True)
 
-        await self._replies.tell_stale("telegram", GROUP, edit)
+        await self._replies.tell_stale(PLATFORM, GROUP, edit,
+                                       texts=self._languages.default_texts)
 
     @property
     def answers_in_flight(self) -> int:
@@ -329,16 +364,29 @@ class TelegramBot:
 
     async def _on_help(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         if self._allowed(update) and update.effective_message:
-            await update.effective_message.reply_text(HELP, do_quote=False)
+            texts = await self._texts(update.effective_user)
+            await update.effective_message.reply_text(texts(HELP), do_quote=False)
 
     async def _on_ask(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
         question = _after_command(message) if message else ""
         if not question:
             if message is not None and self._allowed(update):  # nothing to say to others
-                await message.reply_text("Usage: /ask your question")
+                texts = await self._texts(update.effective_user)
+                await message.reply_text(texts(USAGE))
             return
         await self._answer(update, context, question)
+
+    async def _on_language(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """``/language`` shows the user's language and the choices; ``/language zh-TW``
+        keeps a choice for all their chats with this bot; ``/language auto`` forgets it."""
+        message, user = update.effective_message, update.effective_user
+        if message is None or user is None or not self._allowed(update):
+            return  # nothing to say to others
+        reply = await self._languages.command(PLATFORM, str(user.id), user.language_code,
+                                              _after_command(message),
+                                              how_to_change=_how_to_change)
+        await message.reply_text(reply)
 
     async def _on_text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
@@ -356,13 +404,15 @@ class TelegramBot:
         if not self._allowed(update) or update.effective_message is None:
             return
         await self._service.reset(self._key(update))
-        await update.effective_message.reply_text("🆕 New conversation started.")
+        texts = await self._texts(update.effective_user)
+        await update.effective_message.reply_text(texts(NEW_CONVERSATION))
 
     async def _on_cancel(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         if not self._allowed(update) or update.effective_message is None:
             return
         if not self._service.cancel(self._key(update)):
-            await update.effective_message.reply_text("Nothing to stop.")
+            texts = await self._texts(update.effective_user)
+            await update.effective_message.reply_text(texts(NOTHING_TO_STOP))
 
     async def _on_retry(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         await self._answer(update, context, None)
@@ -387,8 +437,11 @@ class TelegramBot:
         if refusal is not None:
             # Outside a private chat, people the bot is not for are not answered at all.
             if private or refusal.reason is not RefusalReason.NOT_ALLOWED:
-                await message.reply_text(TEXTS.refusal(refusal, private_chat=private))
+                texts = await self._texts(update.effective_user)
+                await message.reply_text(
+                    TEXTS.translated(texts).refusal(refusal, private_chat=private))
             return
+        texts = await self._texts(update.effective_user)
         if private:
             drafts = self._settings.drafts_in_private and not self._drafts_refused
             profile = replace(PRIVATE, use_drafts=drafts)
@@ -398,11 +451,18 @@ class TelegramBot:
         sink = TelegramSink(context.bot, chat.id, reply_to=None if private else message.message_id,
                             thread_id=thread, draft_id=message.message_id)
         try:
-            outcome = await self._replies.answer(sink, profile, key, question)
+            outcome = await self._replies.answer(sink, profile, key, question, texts=texts)
         except TelegramError as exc:
             log.warning("could not deliver a reply: %s", type(exc).__name__)
             return
         self._drafts_refused |= outcome.drafts_refused
+
+    async def _texts(self, user: User | None) -> Texts:
+        """The catalogue in ``user``'s language: their /language choice, else their app's
+        (``language_code``, which Telegram may leave out), else DEFAULT_LANGUAGE."""
+        if user is None:
+            return self._languages.default_texts
+        return await self._languages.texts(PLATFORM, str(user.id), user.language_code)
 
     def _key(self, update: Update) -> ConversationKey:
         chat = update.effective_chat
@@ -451,6 +511,12 @@ def _conflict_error(webhook: bool) -> ConfigError:
                        "token.")
 
 
+def _how_to_change(texts: Texts) -> str:
+    """The /language choices, one a line: each language as its speakers write it."""
+    lines = [f"/language {language.tag} — {AUTONYMS[language]}" for language in Language]
+    return "\n".join([texts(CHANGE_LANGUAGE), *lines, f"/language auto — {texts(FOLLOW_APP)}"])
+
+
 def _after_command(message: Message) -> str:
     """The text after ``/ask`` or ``/ask@bot``, line breaks kept (``context.args`` is the
     text split on whitespace, which would flatten a question with code in it)."""
@@ -462,8 +528,9 @@ def _after_command(message: Message) -> str:
     return text.strip()
 
 
-async def run_telegram(service: ConversationService, env: Env, stop: asyncio.Event) -> None:
-    bot = TelegramBot(service, TelegramSettings.from_env(env))
+async def run_telegram(service: ConversationService, languages: Languages, env: Env,
+                       stop: asyncio.Event) -> None:
+    bot = TelegramBot(service, TelegramSettings.from_env(env), languages)
     try:
         with contextlib.suppress(asyncio.CancelledError):
             await bot.run(stop)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .backend import Usage
+from .i18n import Language
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,20 @@ class Turn:
     usage: Usage | None = None  # token counts, when the backend reported them
 
 
-class ConversationStore(Protocol):
+class LanguageChoices(Protocol):
+    """Each chat user's own ``/language`` choice, per platform (the bots read it)."""
+
+    async def language(self, platform: str, user: str) -> Language | None:
+        """What ``user`` chose on ``platform`` (ids as the platform writes them), or None
+        when they chose nothing (their app's language then decides)."""
+        ...
+
+    async def set_language(self, platform: str, user: str, language: Language | None) -> None:
+        """Remember ``user``'s choice for all their chats on ``platform``; None forgets it."""
+        ...
+
+
+class ConversationStore(LanguageChoices, Protocol):
     async def current(self, key: str) -> Conversation:
         """The open conversation for ``key``, created on first use."""
         ...

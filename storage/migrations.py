@@ -53,4 +53,14 @@ MIGRATIONS: list[str] = [
     ALTER TABLE turns ADD COLUMN prompt_tokens INTEGER;
     ALTER TABLE turns ADD COLUMN completion_tokens INTEGER
     """,
+    # 5: each chat user's own preferences (the /language choice), per platform and user id.
+    """
+    CREATE TABLE user_preferences (
+        platform TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        language TEXT,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (platform, user_id)
+    )
+    """,
 ]

@@ -19,6 +19,7 @@ import aiosqlite
 
 from rtxrelay.core.backend import Usage
 from rtxrelay.core.errors import StorageError
+from rtxrelay.core.i18n import Language
 from rtxrelay.core.store import Conversation, MessageRef, StaleAnswer, Turn, TurnStatus
 
 from .migrations import MIGRATIONS
@@ -162,6 +163,24 @@ class SqliteStore:
             )
             recovered += cursor.rowcount if cursor is not None else 0
         return recovered
+
+    async def language(self, platform: str, user: str) -> Language | None:
+        row = await self._one(
+            "SELECT language FROM user_preferences WHERE platform = ? AND user_id = ?",
+            (platform, user))
+        if row is None or row[0] is None:
+            return None
+        try:
+            return Language(str(row[0]))
+        except ValueError:  # a language a later rtxrelay wrote and this one does not speak
+            return None
+
+    async def set_language(self, platform: str, user: str, language: Language | None) -> None:
+        await self._write(
+            "INSERT INTO user_preferences (platform, user_id, language, updated_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (platform, user_id) DO UPDATE SET "
+            "language = excluded.language, updated_at = excluded.updated_at",
+            (platform, user, language.value if language is not None else None, time.time()))
 
     async def turns_for_key(self, key: str) -> list[Turn]:
         """Every turn of every conversation of ``key`` (for tests and export)."""

@@ -148,8 +148,11 @@ async def test_run_answers_a_telegram_conversation_and_stops_on_ctrl_c(
             await cli.wait_for(fake, lambda: fake.parked_polls >= 1, "getUpdates polling",
                                START_TIMEOUT)
             assert fake.calls_to("getMe") and fake.calls_to("setMyCommands")
-            (commands,) = fake.commands.values()
-            assert {c["command"] for c in commands} == {"ask", "reset", "cancel", "retry", "help"}
+            # One menu by default and one per language it speaks (Telegram: "en", "zh").
+            assert len(fake.commands) == 3
+            for commands in fake.commands.values():
+                assert {c["command"] for c in commands} == {
+                    "ask", "reset", "cancel", "retry", "language", "help"}
 
             user = fake.make_user("Alice")
             first = "what is RTX? [len=600]"

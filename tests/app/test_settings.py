@@ -12,6 +12,7 @@ import pytest
 from rtxrelay.app.log_redaction import MASK, RedactingFormatter
 from rtxrelay.app.settings import load_settings, secrets
 from rtxrelay.core.errors import ConfigError
+from rtxrelay.core.i18n import Language
 
 # -- settings -------------------------------------------------------------------------------------
 
@@ -39,6 +40,26 @@ def test_malformed_settings_name_the_variable(name: str, value: str, expected: s
     with pytest.raises(ConfigError) as excinfo:
         load_settings({name: value}, None)
     assert expected in excinfo.value.message
+
+
+@pytest.mark.parametrize(("value", "language"), [
+    (None, Language.EN), ("en", Language.EN), ("zh-CN", Language.ZH_CN),
+    ("zh_CN", Language.ZH_CN), ("zh-Hans", Language.ZH_CN), ("zh-TW", Language.ZH_TW),
+    ("zh_tw", Language.ZH_TW), ("zh-Hant", Language.ZH_TW), ("en-GB", Language.EN),
+])
+def test_default_language_takes_the_tags_users_write(value: str | None,
+                                                      language: Language) -> None:
+    environ = {} if value is None else {"DEFAULT_LANGUAGE": value}
+    assert load_settings(environ, None).default_language is language
+
+
+def test_a_default_language_rtxrelay_does_not_speak_lists_the_ones_it_does() -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings({"DEFAULT_LANGUAGE": "fr"}, None)
+    assert excinfo.value.setting == "DEFAULT_LANGUAGE"
+    assert "DEFAULT_LANGUAGE='fr'" in excinfo.value.message
+    for tag in ("en", "zh-CN", "zh-TW"):
+        assert tag in excinfo.value.hint
 
 
 def test_tls_settings(tmp_path: Path) -> None:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -25,117 +23,33 @@ from rtxrelay.backends.openai.backend import OpenAiBackend
 from rtxrelay.backends.openai.settings import OpenAiSettings
 from rtxrelay.bots import discord_bot
 from rtxrelay.bots.discord_bot import DiscordBot, DiscordSettings, DiscordSink
-from rtxrelay.core.backend import Backend, Done
-from rtxrelay.core.conversation import DEFAULT_USER_RATE, ConversationLimits, ConversationService
+from rtxrelay.core.backend import Done
+from rtxrelay.core.conversation import ConversationService
 from rtxrelay.core.errors import ConfigError
 from rtxrelay.core.ratelimit import Rate
 from rtxrelay.core.store import MessageRef, TurnStatus
-from rtxrelay.storage.sqlite_store import SqliteStore
-from tests.fakes.discord_api import FakeDiscord, StoredMessage, point_discord_py_at
+from tests.bots.rigs import DISCORD_TOKEN, DiscordRig, SkewClock, discord_rigs, languages
+from tests.fakes.discord_api import FakeDiscord, StoredMessage
 from tests.fakes.discord_payloads import FLAG_EPHEMERAL
 from tests.llama.server import LlamaServer
 from tests.replica import fake_model
 from tests.replica.launcher import Replica, free_port
 
-TOKEN = "discord-test-token"
+TOKEN = DISCORD_TOKEN
 NO_MENTIONS = {"parse": []}
 ORIGINAL_PATCH = "PATCH /webhooks/{webhook_id}/{webhook_token}/messages/@original"
 CHANNEL_PATCH = "PATCH /channels/{channel_id}/messages/{message_id}"
 CURSOR = "▍"
 
 
-class SkewClock:
-    """Real time plus a jump the test controls: the bot and the fake share it, so a test can
-    step past the 15-minute interaction-token lifetime without waiting for it."""
-
-    def __init__(self) -> None:
-        self.offset = 1_000.0
-
-    def __call__(self) -> float:
-        return time.monotonic() + self.offset
-
-    def jump(self, seconds: float) -> None:
-        self.offset += seconds
-
-
-@dataclass
-class Rig:
-    fake: FakeDiscord
-    bot: DiscordBot
-    store: SqliteStore
-    clock: SkewClock
-    task: asyncio.Task[None]
-    stop: asyncio.Event
-
-    def answers_in(self, channel: str) -> list[StoredMessage]:
-        cid = self.fake.channels.get(channel, channel)
-        return [m for m in self.fake.messages.get(cid, [])
-                if m.author_id == self.fake.bot_id and not m.deleted
-                and not m.payload["flags"] & FLAG_EPHEMERAL]
-
-    def text_in(self, channel: str) -> str:
-        return "\n".join(m.content for m in self.answers_in(channel))
-
-    async def wait(self, check: Callable[[], Any], timeout: float = 20) -> None:
-        async with asyncio.timeout(timeout):
-            while not check():
-                if self.task.done():
-                    self.task.result()  # the bot died: show why
-                await asyncio.sleep(0.02)
-
-    async def settled(self, timeout: float = 20) -> None:
-        """Every answer finished, including its final Retry-button edit."""
-        await self.wait(lambda: not self.bot.answers_in_flight, timeout)
+Rig = DiscordRig
 
 
 @pytest.fixture
 async def make_rig(rtx_426: Replica, tmp_path: Path,
                    monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Callable[..., Any]]:
-    rigs: list[tuple[asyncio.Event, Rig]] = []
-    http = aiohttp.ClientSession()
-
-    async def make(*, url: str | None = None, fake_options: dict[str, Any] | None = None,
-                   wait_ready: bool = True,
-                   configure: Callable[[FakeDiscord], dict[str, Any]] | None = None,
-                   user_rate: Rate | None = None,
-                   backend: Callable[[aiohttp.ClientSession], Backend] | None = None,
-                   **settings: Any) -> Rig:
-        clock = SkewClock()
-        fake = FakeDiscord(**{"token": TOKEN, "clock": clock, **(fake_options or {})})
-        await fake.__aenter__()
-        if configure is not None:  # settings that name the fake's ids (roles, channels)
-            settings.update(configure(fake))
-        point_discord_py_at(fake, monkeypatch)
-        store = SqliteStore(tmp_path / f"relay{len(rigs)}.db")
-        await store.open()
-        limits = ConversationLimits(user_rate=user_rate or DEFAULT_USER_RATE)
-        service = ConversationService(
-            backend(http) if backend
-            else ChatRtxBackend(http, parse_launch_url(url or rtx_426.url)),
-            store, limits)
-        bot = DiscordBot(service, DiscordSettings(token=TOKEN, **settings), clock=clock,
-                         client_options={"guild_ready_timeout": 0.05})
-
-        async def no_identify_delay(shard_id: int | None, *, initial: bool = False) -> None:
-            return None  # discord.py sleeps 5 s before re-IDENTIFY; tests need not
-
-        bot.client.before_identify_hook = no_identify_delay  # type: ignore[method-assign]
-        stop = asyncio.Event()
-        rig = Rig(fake, bot, store, clock, asyncio.create_task(bot.run(stop)), stop)
-        rigs.append((stop, rig))
-        if wait_ready:
-            await fake.wait_until_ready(timeout=10)
-            await rig.wait(lambda: bot.client.is_ready() and fake.commands, timeout=10)
-        return rig
-
-    yield make
-    for stop, rig in reversed(rigs):
-        stop.set()
-        async with asyncio.timeout(20):
-            await asyncio.gather(rig.task, return_exceptions=True)
-        await rig.fake.__aexit__(None, None, None)
-        await rig.store.close()
-    await http.close()
+    async with discord_rigs(rtx_426, tmp_path, monkeypatch) as make:
+        yield make
 
 
 def expected(question: str, history: list[list[str | None]] | None = None) -> str:
@@ -545,8 +459,8 @@ async def test_a_stale_answer_from_a_crash_is_told_at_the_next_start(fault,
     async with aiohttp.ClientSession() as http:
         service = ConversationService(ChatRtxBackend(http, parse_launch_url(rtx_426.url)),
                                       rig.store)
-        bot = DiscordBot(service, DiscordSettings(token=TOKEN), clock=rig.clock,
-                         client_options={"guild_ready_timeout": 0.05})
+        bot = DiscordBot(service, DiscordSettings(token=TOKEN), languages(rig.store),
+                         clock=rig.clock, client_options={"guild_ready_timeout": 0.05})
         stop = asyncio.Event()
         task = asyncio.create_task(bot.run(stop))
         try:

@@ -39,6 +39,7 @@ from rtxrelay.bots.telegram_bot import TelegramBot, TelegramSettings
 from rtxrelay.core.conversation import ConversationService
 from rtxrelay.core.env import Env
 from rtxrelay.storage.sqlite_store import SqliteStore
+from tests.bots.rigs import languages
 from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.telegram_api import FakeTelegram
 from tests.replica import fake_model
@@ -109,7 +110,7 @@ async def test_telegram_bot_builds_with_a_proxy(proxy: str, http: aiohttp.Client
     assert settings.proxy == proxy
     backend = ChatRtxBackend(http, parse_launch_url("http://127.0.0.1:9?cookie=x"))
     service = ConversationService(backend, SqliteStore(tmp_path / "unused.db"))
-    bot = TelegramBot(service, settings)
+    bot = TelegramBot(service, settings, languages())
     assert bot.application.updater is not None
 
 
@@ -129,7 +130,7 @@ async def running_telegram_bot(service: ConversationService, fake: FakeTelegram,
     clock = fake.clock
     assert isinstance(clock, VirtualClock)
     settings = TelegramSettings(token=fake.token, api_base_url=api_url, proxy=proxy)
-    bot = TelegramBot(service, settings, clock=clock, sleep=clock.sleep)
+    bot = TelegramBot(service, settings, languages(), clock=clock, sleep=clock.sleep)
     stop = asyncio.Event()
     task = asyncio.create_task(bot.run(stop))
     try:
@@ -219,7 +220,7 @@ async def test_discord_through_an_http_proxy_with_credentials(
                             yarl.URL(fake.gateway_url.replace("127.0.0.1", DISCORD_HOST)))
         settings = DiscordSettings.from_env(Env({"DISCORD_TOKEN": DISCORD_TOKEN,
                                                  "DISCORD_PROXY": proxy.url}))
-        bot = DiscordBot(service, settings, client_options={
+        bot = DiscordBot(service, settings, languages(), client_options={
             "guild_ready_timeout": 0.05,
             "connector": rest_connector(ssl=tls.client_context()),  # trusts the throwaway CA
         })

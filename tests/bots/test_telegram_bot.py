@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -19,72 +18,24 @@ from rtxrelay.backends.openai.backend import OpenAiBackend
 from rtxrelay.backends.openai.settings import OpenAiSettings
 from rtxrelay.bots.telegram_bot import TelegramBot, TelegramSettings
 from rtxrelay.bots.telegram_polling import PollWatch
-from rtxrelay.core.backend import Backend, Done
+from rtxrelay.core.backend import Done
 from rtxrelay.core.conversation import ConversationService
 from rtxrelay.core.errors import ConfigError
 from rtxrelay.core.store import TurnStatus
 from rtxrelay.storage.sqlite_store import SqliteStore
+from tests.bots.rigs import TelegramRig, languages, telegram_rigs
 from tests.fakes.telegram_api import FakeTelegram
 from tests.llama.server import LlamaServer
 from tests.replica import fake_model
 from tests.replica.launcher import Replica, free_port
-from tests.support.virtual_clock import VirtualClock
 
-
-@dataclass
-class Rig:
-    fake: FakeTelegram
-    bot: TelegramBot
-    store: SqliteStore
-    clock: VirtualClock
-    task: asyncio.Task[None]
-
-    async def settled(self, timeout: float = 20) -> None:
-        """Every answer finished. Polls the bot itself: the fake's own waits only look again
-        when the fake changes, which an idle bot's long poll does every 10 s."""
-        async with asyncio.timeout(timeout):
-            while self.bot.answers_in_flight:
-                if self.task.done():
-                    self.task.result()  # the bot died: show why
-                await asyncio.sleep(0.02)
+Rig = TelegramRig
 
 
 @pytest.fixture
 async def make_rig(rtx_426: Replica, tmp_path: Path) -> AsyncIterator[object]:
-    stack: list[tuple[asyncio.Event, asyncio.Task[None], FakeTelegram, SqliteStore]] = []
-    http = aiohttp.ClientSession()
-
-    async def make(*, url: str | None = None, per_chat_rate: tuple[int, float] | None = None,
-                   poll_watch: PollWatch | None = None,
-                   backend: Callable[[aiohttp.ClientSession], Backend] | None = None,
-                   **settings: object) -> Rig:
-        """``backend``: another backend than the Chat with RTX replica (made on the rig's
-        HTTP session)."""
-        clock = VirtualClock(1_000.0)
-        fake = FakeTelegram(per_chat_rate=per_chat_rate, clock=clock)
-        await fake.__aenter__()
-        store = SqliteStore(tmp_path / f"relay{len(stack)}.db")
-        await store.open()
-        service = ConversationService(
-            backend(http) if backend
-            else ChatRtxBackend(http, parse_launch_url(url or rtx_426.url)),
-            store)
-        config = TelegramSettings(token=fake.token, api_base_url=fake.base_url, **settings)
-        bot = TelegramBot(service, config, clock=clock, sleep=clock.sleep, poll_watch=poll_watch)
-        stop = asyncio.Event()
-        task = asyncio.create_task(bot.run(stop))
-        await fake.wait_until(lambda: fake.parked_polls >= 1, timeout=10)
-        stack.append((stop, task, fake, store))
-        return Rig(fake, bot, store, clock, task)
-
-    yield make
-    for stop, task, fake, store in reversed(stack):
-        stop.set()
-        async with asyncio.timeout(15):
-            await task
-        await fake.__aexit__(None, None, None)
-        await store.close()
-    await http.close()
+    async with telegram_rigs(rtx_426, tmp_path) as make:
+        yield make
 
 
 def expected(question: str, history: list[list[str | None]] | None = None) -> str:
@@ -314,7 +265,8 @@ async def test_a_second_bot_on_the_same_token_steps_back_and_the_first_goes_on(f
     async with aiohttp.ClientSession() as http, SqliteStore(tmp_path / "second.db") as store:
         service = ConversationService(ChatRtxBackend(http, parse_launch_url(rtx_426.url)), store)
         second = TelegramBot(service, TelegramSettings(token=rig.fake.token,
-                                                       api_base_url=rig.fake.base_url))
+                                                       api_base_url=rig.fake.base_url),
+                             languages(store))
         with pytest.raises(ConfigError) as refused:
             async with asyncio.timeout(30):
                 await second.run(asyncio.Event())

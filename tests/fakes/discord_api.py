@@ -196,8 +196,12 @@ class FakeDiscord:
         clock: Callable[[], float] = time.monotonic,
         ssl_context: ssl.SSLContext | None = None,
         port: int = 0,
+        guild_locale: str = "en-US",
     ) -> None:
         self.token = token
+        # The server's language (its "preferred_locale", an admin's choice): GUILD_CREATE
+        # carries it, and every interaction in the server as "guild_locale".
+        self.guild_locale = guild_locale
         # Real Discord is HTTPS and WSS only; with a context the fake is too (the benches use
         # it: every new connection then costs the client a TLS handshake, as it would).
         self.ssl_context = ssl_context
@@ -300,6 +304,7 @@ class FakeDiscord:
             roles=self.roles,
             channels=list(self._channel_payloads.values()),
             members=members,
+            preferred_locale=self.guild_locale,
         )
 
     def _dm_channel_id(self, uid: str) -> str:
@@ -581,6 +586,7 @@ class FakeDiscord:
         data: Json,
         guild: bool,
         message: Json | None = None,
+        locale: str = "en-US",
     ) -> InteractionRecord:
         iid, token = self._ids.next(), f"aW50ZXJhY3Rpb24.{uuid.uuid4().hex}"
         payload: Json = {
@@ -591,7 +597,7 @@ class FakeDiscord:
             "version": 1,
             "data": data,
             "channel_id": channel_id,
-            "locale": "en-US",
+            "locale": locale,  # the language the user set in their Discord client
             "entitlements": [],
             "attachment_size_limit": 10_485_760,
             "app_permissions": str(p.MEMBER_PERMISSIONS),
@@ -605,9 +611,9 @@ class FakeDiscord:
             }
             payload.update(
                 guild_id=self.guild_id,
-                guild_locale="en-US",
+                guild_locale=self.guild_locale,
                 context=0,
-                guild={"id": self.guild_id, "locale": "en-US", "features": []},
+                guild={"id": self.guild_id, "locale": self.guild_locale, "features": []},
                 channel=chan,
                 member=member,
                 authorizing_integration_owners={"0": self.guild_id},
@@ -644,8 +650,10 @@ class FakeDiscord:
         user: str | Json | None = None,
         channel: str | None = None,
         guild: bool = True,
+        locale: str = "en-US",
     ) -> InteractionRecord:
-        """INTERACTION_CREATE type 2 for a command the client synced (its real id is used)."""
+        """INTERACTION_CREATE type 2 for a command the client synced (its real id is used).
+        ``locale``: the user's Discord client language ("zh-CN", "zh-TW", "en-GB"...)."""
         cmd = (self.commands.get((self.guild_id, name)) if guild else None) or self.commands.get(
             (None, name)
         )
@@ -665,7 +673,7 @@ class FakeDiscord:
         if cmd.get("guild_id"):
             data["guild_id"] = cmd["guild_id"]  # discord.py looks up guild commands by this
         cid = self._resolve_channel(channel) if guild else self._dm_channel_id(u["id"])
-        rec = self._new_interaction(2, cid, u, data, guild)
+        rec = self._new_interaction(2, cid, u, data, guild, locale=locale)
         await self.dispatch("INTERACTION_CREATE", rec.payload)
         return rec
 
@@ -675,6 +683,7 @@ class FakeDiscord:
         custom_id: str,
         user: str | Json | None = None,
         component_type: int = 2,
+        locale: str = "en-US",
     ) -> InteractionRecord:
         """INTERACTION_CREATE type 3 (button click) on a stored message carrying that custom_id."""
         msg = message if isinstance(message, StoredMessage) else self.message(message)
@@ -688,7 +697,8 @@ class FakeDiscord:
         u = self._resolve_user(user)
         data = {"custom_id": custom_id, "component_type": component_type}
         rec = self._new_interaction(
-            3, msg.channel_id, u, data, "guild_id" in msg.payload, message=msg.payload
+            3, msg.channel_id, u, data, "guild_id" in msg.payload, message=msg.payload,
+            locale=locale,
         )
         await self.dispatch("INTERACTION_CREATE", rec.payload)
         return rec
@@ -1026,11 +1036,37 @@ class FakeDiscord:
                     }
                 ]
             }
+        errs.update(FakeDiscord._localization_errors(cmd))
         for j, opt in enumerate(cmd.get("options") or []):
             sub = FakeDiscord._command_errors(str(j), {**opt, "type": 1})
             if sub:
                 errs.setdefault("options", {}).update(sub)
         return {prefix: errs} if errs else {}
+
+    @staticmethod
+    def _localization_errors(cmd: Json) -> Json:
+        """``name_localizations``/``description_localizations``: keys are Discord's locales
+        (an unknown one: BASE_TYPE_CHOICES under that key, kordlib/kord#594); a translated
+        name follows the name rules (APPLICATION_COMMAND_INVALID_NAME on the field as a
+        whole, discord/discord-api-docs#7712); a translated description the length rule."""
+        errs: Json = {}
+        for localized in ("name_localizations", "description_localizations"):
+            for locale, value in (cmd.get(localized) or {}).items():
+                if locale not in DISCORD_LOCALES:
+                    choices = ", ".join(repr(known) for known in sorted(DISCORD_LOCALES))
+                    errs.setdefault(localized, {})[locale] = {"_errors": [{
+                        "code": "BASE_TYPE_CHOICES",
+                        "message": f"Value must be one of ({choices}).",
+                    }]}
+                elif localized == "name_localizations" and not _valid_name(str(value)):
+                    errs[localized] = {"_errors": [{"code": "APPLICATION_COMMAND_INVALID_NAME",
+                                                    "message": "Command name is invalid"}]}
+                elif localized == "description_localizations" and not 1 <= len(str(value)) <= 100:
+                    errs.setdefault(localized, {})[locale] = {"_errors": [{  # GUESS: as description
+                        "code": "BASE_TYPE_BAD_LENGTH",
+                        "message": "Must be between 1 and 100 in length.",
+                    }]}
+        return errs
 
     def _validate_write(self, body: Json) -> None:
         errors = p.message_form_errors(body)
@@ -1298,6 +1334,21 @@ class FakeDiscord:
         await self._announce("MESSAGE_CREATE", msg)
         wait = request.query.get("wait", "0").lower() in ("1", "true")
         return (200, msg.payload) if wait else (204, None)
+
+
+# Discord's locales (developer docs, "Locales"): the keys of name/description localizations.
+DISCORD_LOCALES = frozenset({
+    "id", "da", "de", "en-GB", "en-US", "es-ES", "es-419", "fr", "hr", "it", "lt", "hu", "nl",
+    "no", "pl", "pt-BR", "ro", "fi", "sv-SE", "vi", "tr", "cs", "el", "bg", "ru", "uk", "hi",
+    "th", "zh-CN", "ja", "zh-TW", "ko",
+})
+
+
+def _valid_name(name: str) -> bool:
+    """A command or option name: 1-32 letters, digits, "-" or "_", in any script, lowercase
+    where the script has case (simplified, as in ``_command_errors``)."""
+    return (1 <= len(name) <= 32 and all(c.isalnum() or c in "-_" for c in name)
+            and name == name.lower())
 
 
 def point_discord_py_at(fake: FakeDiscord, monkeypatch: pytest.MonkeyPatch) -> None:

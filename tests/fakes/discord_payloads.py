@@ -152,6 +152,7 @@ def guild(
     roles: list[Json],
     channels: list[Json],
     members: list[Json],
+    preferred_locale: str = "en-US",
 ) -> Json:
     return {
         "id": gid,
@@ -171,7 +172,7 @@ def guild(
         "nsfw_level": 0,
         "premium_tier": 0,
         "premium_subscription_count": 0,
-        "preferred_locale": "en-US",
+        "preferred_locale": preferred_locale,
         "system_channel_id": channels[0]["id"] if channels else None,
         "system_channel_flags": 0,
         "rules_channel_id": None,
