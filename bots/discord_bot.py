@@ -50,7 +50,7 @@ from rtxrelay.core.streaming import (
 )
 
 from .discord_render import to_discord_markdown
-from .languages import AUTONYMS, Languages
+from .languages import AUTONYMS, NEW_CONVERSATION, NOTHING_TO_STOP, Languages
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,6 @@ HELP = N_(
     "• `/reset` starts a new conversation. **Stop** ends an answer, **Retry** asks again.\n"
     "• `/language` sets the language I answer in."
 )
-NEW_CONVERSATION = N_("🆕 New conversation started.")
-NOTHING_TO_STOP = N_("Nothing to stop.")
 MENTION_HINT = N_("Mention me with your question, e.g. @me what is RTX?")
 EMPTY_MENTION = N_("Ask me something — write your question after the mention.")
 NOT_YOURS = {"stop": N_("Only the person who asked can stop this answer."),

@@ -31,6 +31,9 @@ NAMES: dict[Language, str] = {
     Language.ZH_CN: N_("Simplified Chinese"),
     Language.ZH_TW: N_("Traditional Chinese"),
 }
+# What both bots say to the same commands.
+NEW_CONVERSATION = N_("🆕 New conversation started.")
+NOTHING_TO_STOP = N_("Nothing to stop.")
 AUTOMATIC = frozenset({"auto", "default"})  # /language auto: forget the choice
 REMEMBERED = 10_000  # users whose choice (or lack of one) is kept in memory
 

@@ -57,7 +57,7 @@ from rtxrelay.core.streaming import (
     RetryLater,
 )
 
-from .languages import AUTONYMS, Languages
+from .languages import AUTONYMS, NEW_CONVERSATION, NOTHING_TO_STOP, Languages
 from .telegram_polling import PollRequest, PollWatch
 from .telegram_render import to_plain_text, to_telegram_html
 
@@ -98,8 +98,6 @@ HELP = N_(
     "/language sets the language I answer in."
 )
 USAGE = N_("Usage: /ask your question")
-NEW_CONVERSATION = N_("🆕 New conversation started.")
-NOTHING_TO_STOP = N_("Nothing to stop.")
 CHANGE_LANGUAGE = N_("To change it, send one of these:")
 FOLLOW_APP = N_("follow your app's language")
 

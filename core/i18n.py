@@ -70,11 +70,6 @@ class Texts:
     def __call__(self, message: str) -> str:
         return self._translations.gettext(message)
 
-    def plural(self, singular: str, plural: str, count: int) -> str:
-        """The form of ``singular``/``plural`` for ``count`` (English: 1 second, 2 seconds;
-        Chinese has one form)."""
-        return self._translations.ngettext(singular, plural, count)
-
     def number(self, value: int) -> str:
         """A count as the language writes it (all three group thousands with commas)."""
         return f"{value:,}"
