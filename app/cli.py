@@ -326,7 +326,7 @@ def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         with stop_on_signals(stop):
             async with open_relay(settings) as relay:
-                await serve(relay.service, relay.backend, api, stop, ready=ready)
+                await serve(relay.service, api, stop, ready=ready)
         return EXIT_OK
 
     return asyncio.run(until_stopped())

@@ -9,7 +9,7 @@ from rtxrelay.bots import PLATFORMS, configured_platforms
 from rtxrelay.core.errors import RelayError
 from rtxrelay.storage.sqlite_store import SqliteStore
 
-from .settings import BackendFamily, Settings
+from .settings import BackendFamily, BackendSettings, Settings
 from .wiring import backend_session, make_backend
 
 
@@ -30,14 +30,13 @@ async def run_doctor(settings: Settings, out: TextIO) -> int:
         print(f"--    {what}", file=out)
 
     ok(f"settings from {settings.env_file or 'the environment only (no .env file)'}")
-    if settings.family is BackendFamily.OPENAI:
-        await _check_openai(settings, ok, bad, info)
-    elif settings.chatrtx.launch_command is not None:
-        # Starting Chat with RTX takes minutes and a GPU: doctor does not; ask does.
-        info("RTX_LAUNCH is set: rtxrelay starts Chat with RTX itself and reads its URL "
-             "(RTX_URL is not used); `rtxrelay ask hello` checks it end to end")
-    else:
-        await _check_rtx_url(settings, ok, bad, info)
+    if settings.pool:
+        ok(f"{len(settings.backends)} backends from {settings.backends_file}: "
+           + ", ".join(backend.name for backend in settings.backends))
+    for backend in settings.backends:
+        # In a pool every line says which backend it is about.
+        tag = f"[{backend.name}] " if settings.pool else ""
+        await _check_backend(settings, backend, *_tagged(tag, ok, bad, info))
     try:
         async with SqliteStore(settings.database) as store:
             await store.check_writable()
@@ -55,12 +54,41 @@ async def run_doctor(settings: Settings, out: TextIO) -> int:
     return 0 if not problems else 1
 
 
-async def _check_rtx_url(settings: Settings, ok: Callable[[str], None],
-                         bad: Callable[[str, RelayError], None],
+def _tagged(tag: str, ok: Callable[[str], None], bad: Callable[[str, RelayError], None],
+            info: Callable[[str], None]) -> tuple[Callable[[str], None],
+                                                  Callable[[str, RelayError], None],
+                                                  Callable[[str], None]]:
+    def tagged_ok(what: str) -> None:
+        ok(tag + what)
+
+    def tagged_bad(what: str, exc: RelayError) -> None:
+        bad(tag + what, exc)
+
+    def tagged_info(what: str) -> None:
+        info(tag + what)
+
+    return tagged_ok, tagged_bad, tagged_info
+
+
+async def _check_backend(settings: Settings, backend: BackendSettings,
+                         ok: Callable[[str], None], bad: Callable[[str, RelayError], None],
+                         info: Callable[[str], None]) -> None:
+    if backend.family is BackendFamily.OPENAI:
+        await _check_openai(settings, backend, ok, bad, info)
+    elif backend.chatrtx.launch_command is not None:
+        # Starting Chat with RTX takes minutes and a GPU: doctor does not; ask does.
+        info("RTX_LAUNCH is set: rtxrelay starts Chat with RTX itself and reads its URL "
+             "(RTX_URL is not used); `rtxrelay ask hello` checks it end to end")
+    else:
+        await _check_rtx_url(settings, backend, ok, bad, info)
+
+
+async def _check_rtx_url(settings: Settings, backend: BackendSettings,
+                         ok: Callable[[str], None], bad: Callable[[str, RelayError], None],
                          info: Callable[[str], None]) -> None:
     try:
-        launch = settings.chatrtx.launch_url()
-        settings.chatrtx.ssl_context(launch)  # reports a bad RTX_CA_FILE / insecure setting
+        launch = backend.chatrtx.launch_url()
+        backend.chatrtx.ssl_context(launch)  # reports a bad RTX_CA_FILE / insecure setting
     except RelayError as exc:
         bad(getattr(exc, "setting", None) or "RTX_URL", exc)
         return
@@ -68,9 +96,9 @@ async def _check_rtx_url(settings: Settings, ok: Callable[[str], None],
     if not launch.cookie:
         info("RTX_URL has no ?cookie=…; Chat with RTX 0.2/0.3 will reject the session")
     async with backend_session() as http:
-        backend = make_backend(http, settings)
+        chatrtx = make_backend(http, backend, settings)
         try:
-            found = await backend.probe()
+            found = await chatrtx.probe()
         except RelayError as exc:
             bad("Chat with RTX", exc)
             return
@@ -78,28 +106,28 @@ async def _check_rtx_url(settings: Settings, ok: Callable[[str], None],
         ok(check)
 
 
-async def _check_openai(settings: Settings, ok: Callable[[str], None],
-                        bad: Callable[[str, RelayError], None],
+async def _check_openai(settings: Settings, backend: BackendSettings,
+                        ok: Callable[[str], None], bad: Callable[[str, RelayError], None],
                         info: Callable[[str], None]) -> None:
     try:
-        endpoint = settings.openai.endpoint()
+        endpoint = backend.openai.endpoint()
     except RelayError as exc:
         bad(getattr(exc, "setting", None) or "OPENAI_BASE_URL", exc)
         return
     ok(f"OPENAI_BASE_URL is {endpoint}")
     async with backend_session() as http:
-        backend = make_backend(http, settings)
+        server = make_backend(http, backend, settings)
         try:
-            found = await backend.probe()
+            found = await server.probe()
         except RelayError as exc:
             bad(f"the server at {endpoint}", exc)
             return
     ok(f"{found.product} answers at {found.url}")
     for check in found.checks:
         ok(check)
-    jobs = settings.limits.max_concurrent_jobs if settings.jobs_set else (found.parallel or 4)
-    info(f"up to {jobs} answer(s) at once" + ("" if settings.jobs_set else
+    jobs = backend.jobs or found.parallel or 4
+    info(f"up to {jobs} answer(s) at once" + ("" if backend.jobs else
          " (MAX_CONCURRENT_JOBS unset: " + ("the server's own figure)" if found.parallel
                                             else "the default for such servers)")))
-    if settings.openai.system_prompt:
+    if backend.openai.system_prompt:
         info("SYSTEM_PROMPT is set: every conversation starts with it")

@@ -68,7 +68,7 @@ async def run_bots(settings: Settings, stop: asyncio.Event | None = None, *,
 
             async def api_job() -> list[bool]:
                 try:
-                    await serve(relay.service, relay.backend, api, stop, ready=lambda url:
+                    await serve(relay.service, api, stop, ready=lambda url:
                                 log.info("OpenAI-compatible API at %s", url))
                     return [True]
                 except ConfigError as exc:

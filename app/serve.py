@@ -27,19 +27,20 @@ from typing import Any
 
 from aiohttp import web
 
-from rtxrelay.core.backend import AnswerOptions, Backend, Exchange, Queued, TextSoFar
+from rtxrelay.core.backend import AnswerOptions, Exchange, Queued, TextSoFar
 from rtxrelay.core.conversation import ConversationService, Finished, valid_text
 from rtxrelay.core.cutoff import estimate_tokens
 from rtxrelay.core.env import Env
 from rtxrelay.core.errors import BackendError, BackendErrorKind, ConfigError
 from rtxrelay.core.hosts import is_loopback_host
+from rtxrelay.core.pool import Member, MemberState
 
 log = logging.getLogger(__name__)
 
 Json = Any
 DEFAULT_PORT = 8642  # none of the usual local servers' (8000, 8080, 8081, 11434, 1234, 8765)
 KEEPALIVE_SECONDS = 15.0  # an SSE comment while a streamed request waits in line
-HEALTH_TTL = 10.0  # /health probes the backend at most this often
+HEALTH_TTL = 10.0  # /health probes the backends at most this often
 MODELS_TTL = 30.0  # the backend's model list is asked again at most this often (or when a
 # request names a model not in it), not before every request
 # Answer text is read at most this often once it flows (Backend.stream_answer): a client
@@ -136,14 +137,13 @@ class Request:
 
 
 class OpenAiApi:
-    """The routes. ``backend`` answers ``models``; the service runs every answer."""
+    """The routes. The service runs every answer; its pool's backends list the models."""
 
-    def __init__(self, service: ConversationService, backend: Backend,
-                 settings: ApiSettings) -> None:
+    def __init__(self, service: ConversationService, settings: ApiSettings) -> None:
         self._service = service
-        self._backend = backend
+        self._pool = service.pool
         self._settings = settings
-        self._health: tuple[float, dict[str, Json]] | None = None
+        self._health: tuple[float, list[dict[str, Json]]] | None = None
         self._models: list[str] | None = None
         self._models_at = 0.0
 
@@ -243,23 +243,20 @@ class OpenAiApi:
         return web.json_response(_model_card(model))
 
     async def health(self, request: web.Request) -> web.Response:
+        """Every backend: reachable or why not, taken out or not, its answers running and
+        slots; and the pool's line. ``backend`` is the first one (what one backend showed)."""
         now = time.monotonic()
         if self._health is None or now - self._health[0] > HEALTH_TTL:
-            try:
-                info = await self._backend.probe()
-            except BackendError as exc:
-                state: dict[str, Json] = {"reachable": False, "error": exc.user_message}
-            else:
-                state = {"reachable": True, "product": info.product, "model": info.model}
-            self._health = (now, state)
-        backend = dict(self._health[1])
-        if self._service.backend_stuck:
-            backend = {"reachable": False, "error": "stopped responding mid-answer"}
+            probed = await asyncio.gather(*(_probe(m) for m in self._pool.members))
+            self._health = (now, list(probed))
+        backends = [_state(member, probed)
+                    for member, probed in zip(self._pool.members, self._health[1], strict=True)]
         running, waiting = self._service.line
-        ok = bool(backend.get("reachable"))
+        ok = any(backend["reachable"] for backend in backends)
         return web.json_response(
-            {"status": "ok" if ok else "unavailable", "backend": backend,
-             "queue": {"running": running, "waiting": waiting}}, status=200 if ok else 503)
+            {"status": "ok" if ok else "unavailable", "backend": backends[0],
+             "backends": backends, "queue": {"running": running, "waiting": waiting}},
+            status=200 if ok else 503)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         waiting = self._service.line[1]
@@ -414,8 +411,9 @@ class OpenAiApi:
         include_usage = stream and isinstance(options_field, dict) and \
             options_field.get("include_usage") is True
         # The default model is asked without naming it: a backend with one model, or the
-        # configured one, stays as the operator set it.
-        chosen = None if model == models[0] else model
+        # configured one, stays as the operator set it. In a pool the name is what sends the
+        # request to a backend that serves it.
+        chosen = None if model == models[0] and len(self._pool.members) == 1 else model
         return Request(model, question, history, AnswerOptions(
             system=system, model=chosen, max_tokens=limit, stop=stops,
             temperature=float(temperature) if temperature is not None else None),
@@ -425,12 +423,18 @@ class OpenAiApi:
         now = time.monotonic()
         if self._models is not None and not fresh and now - self._models_at < MODELS_TTL:
             return self._models
-        try:
-            self._models = await self._backend.models() or self._models or []
+        members = [m for m in self._pool.members if m.state is MemberState.UP] or \
+            list(self._pool.members)
+        errors = await asyncio.gather(*(self._pool.check(m) for m in members))
+        # Every backend's models, the first listed backend's default first.
+        listed = [model for m in members if m.models for model in m.models]
+        if listed:
+            self._models = list(dict.fromkeys(listed))
             self._models_at = now
-        except BackendError as exc:
-            if self._models is None:
-                raise backend_error(exc) from None
+        elif self._models is None:
+            error = next((e for e in errors if e is not None), None)
+            if error is not None:
+                raise backend_error(error) from None
         return self._models or []
 
 
@@ -502,6 +506,23 @@ def _finish(update: Finished) -> str:
     return "length" if update.length_limited else "stop"
 
 
+async def _probe(member: Member) -> dict[str, Json]:
+    try:
+        info = await member.backend.probe()
+    except BackendError as exc:
+        return {"reachable": False, "error": exc.user_message}
+    return {"reachable": True, "product": info.product, "model": info.model}
+
+
+def _state(member: Member, probed: dict[str, Json]) -> dict[str, Json]:
+    state: dict[str, Json] = {"name": member.name, **probed}
+    if member.state is MemberState.DOWN:  # taken out since the last probe: it is not used
+        state.update(reachable=False, error=member.error.user_message if member.error else
+                     "taken out")
+    state.update(state=member.state.value, running=member.running, slots=member.capacity)
+    return state
+
+
 def _usage(asked: Request, update: Finished) -> dict[str, int]:
     """The backend's counts, else an estimate (Chat with RTX counts nothing)."""
     if update.usage is not None:
@@ -514,11 +535,11 @@ def _usage(asked: Request, update: Finished) -> dict[str, int]:
             "total_tokens": prompt + completion}
 
 
-async def serve(service: ConversationService, backend: Backend, settings: ApiSettings,
+async def serve(service: ConversationService, settings: ApiSettings,
                 stop: asyncio.Event, *, ready: Callable[[str], None] | None = None) -> None:
     """Answer until ``stop`` is set. ``ready`` is told the base URL once it listens."""
     settings.check()
-    runner = web.AppRunner(OpenAiApi(service, backend, settings).app(),
+    runner = web.AppRunner(OpenAiApi(service, settings).app(),
                            handler_cancellation=True,  # a client that hangs up cancels
                            access_log=None)  # ours logs one line per request, no content
     await runner.setup()

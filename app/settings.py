@@ -27,6 +27,8 @@ from rtxrelay.core.errors import ConfigError
 from rtxrelay.core.i18n import Language, negotiate
 from rtxrelay.core.ratelimit import Rate
 
+from .backends_file import IDENTITY, BackendEntry, read_backends_file
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -43,8 +45,35 @@ class BackendFamily(enum.Enum):
 
 
 @dataclass(frozen=True)
-class Settings:
+class BackendSettings:
+    """One backend: the one ``.env`` names, or an entry of ``backends.toml``."""
+
+    name: str
+    family: BackendFamily
     chatrtx: ChatRtxSettings
+    openai: OpenAiSettings
+    jobs: int | None  # MAX_CONCURRENT_JOBS when given (else Chat with RTX 1, a server's own)
+    origin: str = ""  # "backends.toml, backend 2 (office)"; "" for .env
+
+    def check(self) -> None:
+        """Fail now on a malformed address, naming the entry it is in."""
+        try:
+            if self.family is BackendFamily.OPENAI:
+                self.openai.endpoint()
+            elif self.chatrtx.launch_command is None:
+                self.chatrtx.target()
+        except ConfigError as exc:
+            raise self.located(exc) from None
+
+    def located(self, exc: ConfigError) -> ConfigError:
+        if not self.origin:
+            return exc
+        return ConfigError(f"{self.origin}: {exc.message}", hint=exc.hint, setting=exc.setting)
+
+
+@dataclass(frozen=True)
+class Settings:
+    chatrtx: ChatRtxSettings  # .env's backend settings (with backends.toml: what entries inherit)
     openai: OpenAiSettings
     family: BackendFamily
     database: Path
@@ -58,6 +87,13 @@ class Settings:
     jobs_set: bool = False  # MAX_CONCURRENT_JOBS given (else the backend's own figure)
     # DEFAULT_LANGUAGE: for chat users whose language rtxrelay does not speak or know
     default_language: Language = Language.EN
+    # Who answers: .env's one backend, or the entries of backends.toml (a pool).
+    backends: tuple[BackendSettings, ...] = ()
+    backends_file: Path | None = None
+
+    @property
+    def pool(self) -> bool:
+        return self.backends_file is not None
 
 
 def load_settings(
@@ -90,6 +126,14 @@ def load_settings(
         user_rate=env.rate("USER_RATE_LIMIT", Rate(10, 60.0)),
     )
     here = used_file.parent if used_file else Path.cwd()
+    backends_file = _backends_file(env, here)
+    if backends_file is None:
+        backends: tuple[BackendSettings, ...] = (BackendSettings(
+            family.name.lower(), family, ChatRtxSettings.from_env(env),
+            OpenAiSettings.from_env(env),
+            limits.max_concurrent_jobs if env.str("MAX_CONCURRENT_JOBS") else None),)
+    else:
+        backends = _pool(env, backends_file)
     database = Path(env.str("RTXRELAY_DB") or "rtxrelay.db")
     if not database.is_absolute() and str(database) != ":memory:":
         database = here / database
@@ -115,7 +159,50 @@ def load_settings(
         env_file=used_file,
         wire_logs=env.bool("LOG_WIRE", False),
         default_language=_default_language(env),
+        backends=backends,
+        backends_file=backends_file,
     )
+
+
+def _backends_file(env: Env, here: Path) -> Path | None:
+    """BACKENDS_FILE, or backends.toml beside the settings file when there is one."""
+    named = env.str("BACKENDS_FILE")
+    path = Path(named or "backends.toml")
+    if not path.is_absolute():
+        path = here / path
+    if path.is_file():
+        return path
+    if named:
+        raise ConfigError(f"BACKENDS_FILE names {path}, which does not exist.",
+                          setting="BACKENDS_FILE",
+                          hint="Check the path, or remove BACKENDS_FILE to use .env's backend.")
+    return None
+
+
+def _pool(env: Env, path: Path) -> tuple[BackendSettings, ...]:
+    """The backends listed in ``path``; .env must not name one of its own as well."""
+    if doubled := [name for name in ("RTX_URL", "RTX_LAUNCH", "OPENAI_BASE_URL")
+                   if env.str(name)]:
+        raise ConfigError(
+            f"{path.name} lists the backends, and {' and '.join(doubled)} is set as well.",
+            setting=doubled[0], hint=f"Move it into {path.name} as a [[backend]] entry (with "
+            "a name), or remove it from .env.")
+    return tuple(_entry_settings(env, entry) for entry in read_backends_file(path))
+
+
+def _entry_settings(env: Env, entry: BackendEntry) -> BackendSettings:
+    values = {name: value for name, value in env.values.items() if name not in IDENTITY}
+    values.update(entry.values)
+    own = Env(values)
+    family = BackendFamily.OPENAI if own.str("OPENAI_BASE_URL") else BackendFamily.CHATRTX
+    try:
+        jobs = own.int("MAX_CONCURRENT_JOBS", 0, minimum=1, maximum=64) \
+            if own.str("MAX_CONCURRENT_JOBS") else None
+        return BackendSettings(entry.name, family, ChatRtxSettings.from_env(own),
+                               OpenAiSettings.from_env(own), jobs, entry.origin)
+    except ConfigError as exc:
+        raise ConfigError(f"{entry.origin}: {exc.message}", hint=exc.hint,
+                          setting=exc.setting) from None
 
 
 def _default_language(env: Env) -> Language:
@@ -171,10 +258,13 @@ def _read_env_file(path: Path) -> dict[str, str]:
 
 def secrets(settings: Settings) -> list[str]:
     """The values that must never reach a log line: each platform's token, the session
-    cookie in RTX_URL (a credential for Chat with RTX), OPENAI_API_KEY and RTXRELAY_API_KEY."""
+    cookie in RTX_URL (a credential for Chat with RTX), OPENAI_API_KEY and RTXRELAY_API_KEY —
+    of .env and of every backend in backends.toml."""
     from rtxrelay.bots import PLATFORMS
 
     found = [secret for platform in PLATFORMS for secret in platform.secrets(settings.env)]
-    cookie = settings.chatrtx.cookie()
-    keys = (settings.openai.api_key, settings.env.str("RTXRELAY_API_KEY"))
-    return found + [value for value in (cookie, *keys) if value]
+    values = [settings.chatrtx.cookie(), settings.openai.api_key,
+              settings.env.str("RTXRELAY_API_KEY")]
+    for backend in settings.backends:
+        values += [backend.chatrtx.cookie(), backend.openai.api_key]
+    return found + list(dict.fromkeys(value for value in values if value))

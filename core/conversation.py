@@ -1,4 +1,4 @@
-"""Conversations: history, one answer in flight per conversation, a global job limit.
+"""Conversations: history, one answer in flight per conversation, one line for the backends.
 
 ``ConversationService.ask`` is the one entry point every front end uses (CLI, Telegram,
 Discord). It persists the question before anything is sent, streams ``ReplyUpdate``s, and
@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .backend import (
@@ -33,7 +33,7 @@ from .backend import (
 from .cutoff import Cutoff, FinishReason
 from .errors import BackendError, BackendErrorKind
 from .i18n import ENGLISH, N_, Texts
-from .job_slots import JobSlots, LineClosed
+from .pool import BackendPool, LineClosed, Member
 from .ratelimit import Rate
 from .store import (
     ConversationKey,
@@ -54,9 +54,10 @@ class ConversationLimits:
     history_turns: int = 8  # earlier exchanges sent with a question
     history_chars: int = 6000  # ChatRTX's reference models have a ~4k-token context window
     max_question_chars: int = 4000
-    max_concurrent_jobs: int = 1  # Chat with RTX answers one question at a time
+    max_concurrent_jobs: int = 1  # Chat with RTX answers one question at a time (one backend)
     user_rate: Rate = DEFAULT_USER_RATE  # questions per person that the bots accept
     recovery_probe_interval: float = 15.0  # seconds between probes of a stuck backend
+    pool_check_interval: float = 60.0  # seconds between checks of each idle backend (a pool)
 
 
 # -- what the service streams ------------------------------------------------------------------
@@ -109,38 +110,50 @@ class Rejected:
 ReplyUpdate = Accepted | Queued | Started | Throttled | TextSoFar | Finished | Busy | Rejected
 # How often the answer so far is saved while it streams: a crash loses at most this much.
 PARTIAL_SAVE_INTERVAL = 5.0
+# Conversations whose last backend is remembered (to ask it again while it has a free slot).
+AFFINITY_SIZE = 10_000
 
 
 class ConversationService:
     def __init__(
         self,
-        backend: Backend,
+        backend: Backend | BackendPool,
         store: ConversationStore,
         limits: ConversationLimits | None = None,
     ) -> None:
-        self._backend = backend
+        """``backend``: one backend (``limits.max_concurrent_jobs`` answers at once), or a
+        pool of them (each with its own slots). The service owns it: ``close`` closes it."""
         self._store = store
         self.limits = limits or ConversationLimits()
-        self._slots = JobSlots(self.limits.max_concurrent_jobs)
+        self.pool = backend if isinstance(backend, BackendPool) else BackendPool.single(
+            backend, self.limits.max_concurrent_jobs,
+            probe_interval=self.limits.recovery_probe_interval)
         self._inflight: dict[str, asyncio.Event] = {}
-        self._recovery: asyncio.Task[None] | None = None
+        # Each conversation's last backend: asked again while it has a free slot, its caches
+        # (llama.cpp's prompt cache, Chat with RTX's session) being warm.
+        self._affinity: dict[str, str] = {}
 
     @property
     def line(self) -> tuple[int, int]:
         """Answers being generated, and jobs waiting for a slot (bots and the API alike)."""
-        return self._slots.running, self._slots.waiting
+        return self.pool.line
 
     @property
     def backend_stuck(self) -> bool:
-        """The backend stopped responding: questions are refused until a probe succeeds."""
-        return self._slots.closed
+        """Every backend stopped responding: questions are refused until a probe succeeds."""
+        return self.pool.closed
 
     async def close(self) -> None:
-        """Stop the background probe of a stuck backend (at shutdown)."""
-        if self._recovery is not None and not self._recovery.done():
-            self._recovery.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._recovery
+        """Stop the pool's probes and checks (at shutdown)."""
+        await self.pool.close()
+
+    def _remember(self, key: str, member: Member | None) -> None:
+        if member is None or len(self.pool.members) == 1:
+            return
+        self._affinity.pop(key, None)
+        self._affinity[key] = member.name  # newest last: the oldest goes first when full
+        if len(self._affinity) > AFFINITY_SIZE:
+            del self._affinity[next(iter(self._affinity))]
 
     def is_busy(self, key: ConversationKey) -> bool:
         return str(key) in self._inflight
@@ -227,9 +240,12 @@ class ConversationService:
             yield Finished("", TurnStatus.INTERRUPTED, None, trimmed)
             return
 
-        job = _Job(self._slots, lambda: self._backend.stream_answer(
+        # History comes from the store with every question, so a conversation may move to
+        # another backend at any turn (Chat with RTX's own session state stays behind: its
+        # chatbot value carries the history anyway).
+        job = _Job(self.pool, lambda backend: backend.stream_answer(
             question, history, session=conversation.session, read_window=read_window), stop,
-            on_stuck=self._close_line, name=f"rtxrelay-answer-{key}")
+            prefer=self._affinity.get(key), name=f"rtxrelay-answer-{key}")
         text = ""
         final: Finished | None = None
         saved_at = time.monotonic() - PARTIAL_SAVE_INTERVAL  # the first text is saved at once
@@ -275,6 +291,7 @@ class ConversationService:
             yield final
         finally:
             await job.close()
+            self._remember(key, job.member)
             if final is None:
                 # The consumer went away (shutdown, or it was cancelled): keep what we have.
                 await asyncio.shield(
@@ -292,19 +309,19 @@ class ConversationService:
         is stored, the job waits in the same line as the bots' questions, and ``stop`` /
         ``max_tokens`` hold even where the backend cannot honour them. Closing the generator
         cancels the job, wherever it is. Ends with one ``Finished``."""
-        # A backend that honours stop / max_tokens itself counts real tokens: cutting again by
-        # an estimate would only cut its answers short.
-        cutoff = Cutoff() if getattr(self._backend, "honours_options", False) else \
-            Cutoff(options.stop, options.max_tokens)
-        job = _Job(self._slots, lambda: self._backend.stream_answer(
+        job = _Job(self.pool, lambda backend: backend.stream_answer(
             question, history, session=f"rtxrelay-{name}-{uuid.uuid4().hex[:12]}",
-            options=options, read_window=read_window), asyncio.Event(), on_stuck=self._close_line,
-            name=f"rtxrelay-answer-{name}")
+            options=options, read_window=read_window), asyncio.Event(),
+            accepts=_serves(options.model), name=f"rtxrelay-answer-{name}")
         shown = ""
+        cutoff: Cutoff | None = None
         try:
             while True:
                 item = await job.next()
+                if cutoff is None and isinstance(item, TextSoFar | Done | Failed):
+                    cutoff = _cutoff(job.member, options)
                 if isinstance(item, TextSoFar):
+                    assert cutoff is not None
                     cut = cutoff.apply(item.text, final=False)
                     if cut.text != shown:
                         delta = cut.text[len(shown):] if cut.text.startswith(shown) else ""
@@ -317,6 +334,7 @@ class ConversationService:
                 elif isinstance(item, Queued | Started | Throttled):
                     yield item
                 elif isinstance(item, Done):
+                    assert cutoff is not None
                     cut = cutoff.apply(item.text, final=True)
                     yield Finished(cut.text, TurnStatus.COMPLETE, usage=item.usage,
                                    history_trimmed=item.history_dropped,
@@ -324,6 +342,7 @@ class ConversationService:
                                    or cut.ended is FinishReason.LENGTH)
                     return
                 elif isinstance(item, Failed):
+                    assert cutoff is not None
                     partial = cutoff.apply(item.partial_text or shown, final=True).text
                     log.info("answer failed (%s): %s", item.error.kind.value, item.error)
                     yield Finished(partial, TurnStatus.FAILED, item.error)
@@ -346,30 +365,6 @@ class ConversationService:
     async def mark_told(self, turn_id: int) -> None:
         await self._store.mark_told(turn_id)
 
-    async def _close_line(self, error: BackendError) -> None:
-        """The backend stopped responding mid-answer. Everyone waiting behind it would wait
-        out a whole timeout in turn, so all of them are told now, new questions are refused
-        at once, and a probe reopens the line when the backend answers again."""
-        if self._slots.closed:
-            return
-        log.error("%s Questions are refused until it answers again. %s", error.message,
-                  error.hint)
-        await self._slots.close(error)
-        self._recovery = asyncio.create_task(self._probe_until_back(),
-                                             name="rtxrelay-backend-recovery")
-
-    async def _probe_until_back(self) -> None:
-        while True:
-            await asyncio.sleep(self.limits.recovery_probe_interval)
-            try:
-                await self._backend.probe()
-            except BackendError as exc:
-                log.debug("still not responding: %s", exc.kind.value)
-                continue
-            self._slots.reopen()
-            log.warning("The backend answers again; questions are accepted.")
-            return
-
     def _window(self, turns: list[Turn]) -> tuple[list[Exchange], bool]:
         usable = [
             t
@@ -388,6 +383,21 @@ class ConversationService:
             chars += size
         chosen.reverse()
         return chosen, len(chosen) < len(usable)
+
+
+def _serves(model: str | None) -> Callable[[Member], bool] | None:
+    """A request naming a model goes to a backend that lists it (or has not said yet)."""
+    if model is None:
+        return None
+    return lambda member: member.models is None or model in member.models
+
+
+def _cutoff(member: Member | None, options: AnswerOptions) -> Cutoff:
+    # A backend that honours stop / max_tokens itself counts real tokens: cutting again by an
+    # estimate would only cut its answers short.
+    if member is not None and getattr(member.backend, "honours_options", False):
+        return Cutoff()
+    return Cutoff(options.stop, options.max_tokens)
 
 
 def valid_text(text: str) -> str:
@@ -412,20 +422,24 @@ class _BackendEnded:
 _JobItem = BackendUpdate | _BackendEnded
 
 
+_Stream = Callable[[Backend], AsyncGenerator[BackendUpdate, None]]
+
+
 class _Job:
     """One backend answer, produced in its own task so a stop request reaches it at any stage:
     waiting for a job slot, in the backend's queue, or in a stalled stream."""
 
-    def __init__(self, slots: JobSlots, stream: Callable[[], AsyncGenerator[BackendUpdate, None]],
-                 stop: asyncio.Event, *, on_stuck: Callable[[BackendError], Awaitable[None]],
-                 name: str) -> None:
-        self._on_stuck = on_stuck
+    def __init__(self, pool: BackendPool, stream: _Stream, stop: asyncio.Event, *,
+                 name: str, prefer: str | None = None,
+                 accepts: Callable[[Member], bool] | None = None) -> None:
+        self.member: Member | None = None  # the backend answering (the last one tried)
         self._items: deque[_JobItem] = deque()
         self._arrived = asyncio.Event()
         self._stopper = asyncio.create_task(stop.wait())
         # A stop wakes a waiting ``next`` like an item does: one event, no task per item.
         self._stopper.add_done_callback(lambda _: self._arrived.set())
-        self._producer = asyncio.create_task(self._produce(slots, stream), name=name)
+        self._producer = asyncio.create_task(self._produce(pool, stream, prefer, accepts),
+                                             name=name)
 
     async def next(self) -> _JobItem | None:
         """The next item (a backlog of text updates comes as one, the newest text with every
@@ -455,26 +469,47 @@ class _Job:
         self._items.append(item)
         self._arrived.set()
 
-    async def _produce(self, slots: JobSlots,
-                       stream: Callable[[], AsyncGenerator[BackendUpdate, None]]) -> None:
+    async def _produce(self, pool: BackendPool, stream: _Stream, prefer: str | None,
+                       accepts: Callable[[Member], bool] | None) -> None:
+        moved = False
         try:
-            async with slots.slot(on_position=lambda position: self._put(Queued(position))):
-                updates = stream()
-                try:
-                    async for update in updates:
-                        if isinstance(update, Failed) and update.error.kind is \
-                                BackendErrorKind.STUCK:
-                            # Before the slot is freed: the next job must not reach it.
-                            await self._on_stuck(update.error)
-                        self._put(update)
-                        if isinstance(update, Done | Failed):
-                            return
-                finally:
-                    # Closing the stream cancels the job on the backend (Stop, shutdown).
-                    await updates.aclose()
-        except LineClosed as closed:  # the backend is stuck: this job never reaches it
+            while True:
+                # A job moved off a failed backend keeps its place: the head of the line.
+                async with pool.slot(lambda position: self._put(Queued(position)),
+                                     prefer=prefer, accepts=accepts, first=moved) as member:
+                    self.member = member
+                    moved = await self._answer(pool, member, stream)
+                if not moved:
+                    return
+        except LineClosed as closed:  # every backend is stuck: this job never reaches one
             reason = closed.reason
             self._put(Failed(reason if isinstance(reason, BackendError) else BackendError(
                 BackendErrorKind.STUCK, str(reason))))
         finally:
             self._put(_BackendEnded())
+
+    async def _answer(self, pool: BackendPool, member: Member, stream: _Stream) -> bool:
+        """Pass ``member``'s updates on; True when it failed before the answer started and
+        the job moves to another backend (nothing of it was shown: asking again is safe)."""
+        updates = stream(member.backend)
+        started = False
+        try:
+            async for update in updates:
+                if isinstance(update, Failed):
+                    if not started and not update.partial_text and \
+                            pool.move_on(member, update.error):
+                        log.warning("backend %s failed before answering (%s): the question "
+                                    "moves to another one", member.name, update.error.kind.value)
+                        return True
+                    if update.error.kind is BackendErrorKind.STUCK:
+                        # Before the slot is freed: the next job must not reach it.
+                        pool.take_out(member, update.error)
+                elif isinstance(update, Started | TextSoFar):
+                    started = True
+                self._put(update)
+                if isinstance(update, Done | Failed):
+                    return False
+        finally:
+            # Closing the stream cancels the job on the backend (Stop, shutdown).
+            await updates.aclose()
+        return False

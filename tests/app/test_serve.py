@@ -45,10 +45,9 @@ class Api:
         return AsyncOpenAI(base_url=self.url, api_key=key, max_retries=0, timeout=WAIT)
 
     async def wait_line(self, running: int, waiting: int) -> None:
-        """Until the line is so: the service has no event for it, so it is polled."""
-        async with asyncio.timeout(WAIT):
-            while self.service.line != (running, waiting):  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+        """Until the line is so (the pool tells every change of it)."""
+        await asyncio.wait_for(self.service.pool.until(
+            lambda: self.service.line == (running, waiting)), WAIT)
 
 
 @contextlib.asynccontextmanager
@@ -61,7 +60,7 @@ async def serving(make_backend: Callable[[aiohttp.ClientSession], Backend], tmp_
         stop = asyncio.Event()
         listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(serve(
-            service, backend, ApiSettings(port=0, **settings),  # type: ignore[arg-type]
+            service, ApiSettings(port=0, **settings),  # type: ignore[arg-type]
             stop, ready=listening.set_result))
         try:
             async with asyncio.timeout(WAIT):

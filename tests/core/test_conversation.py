@@ -424,9 +424,7 @@ async def test_a_stuck_backend_tells_the_whole_line_at_once_and_reopens_after_a_
                    if isinstance(u, Finished)]
         assert late.status is TurnStatus.FAILED and len(backend.questions) == 1
         backend.healthy = True
-        async with asyncio.timeout(10):
-            while service.backend_stuck:  # noqa: ASYNC110 - a state, no event to wait on
-                await asyncio.sleep(0.01)
+        await asyncio.wait_for(service.pool.until(lambda: not service.backend_stuck), 10)
         final = (await drain(service.ask(users[3], "again")))[-1]
         assert isinstance(final, Finished) and final.status is TurnStatus.COMPLETE
         assert backend.probes >= 1
