@@ -53,7 +53,8 @@ async def test_a_malformed_new_url_is_reported_and_the_question_fails_cleanly(
     env_file.write_text(f"RTX_URL={dead}\nRTXRELAY_DB={tmp_path / 'r.db'}\n")
     async with open_relay(load_settings(env_file=env_file)) as relay:
         env_file.write_text("RTX_URL=not a url\n")
-        updates = [u async for u in relay.service.pool.members[0].backend.stream_answer("anyone?", [], session="s")]
+        backend = relay.service.pool.members[0].backend
+        updates = [u async for u in backend.stream_answer("anyone?", [], session="s")]
     assert isinstance(updates[-1], Failed)
     assert updates[-1].error.kind is BackendErrorKind.UNREACHABLE
     assert "RTX_URL in the settings file cannot be used" in caplog.text

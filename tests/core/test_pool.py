@@ -21,7 +21,6 @@ from rtxrelay.core.backend import (
     TextSoFar,
 )
 from rtxrelay.core.conversation import (
-    ConversationLimits,
     ConversationService,
     Finished,
     ReplyUpdate,
@@ -126,7 +125,7 @@ async def test_free_slots_first_then_one_line_with_positions_over_the_whole_pool
             assert positions and positions[0] in (1, 2, 3) and positions == sorted(
                 positions, reverse=True), positions
             assert final(updates).text.startswith("b: ")  # a was busy all along
-        assert [p for u in results[3] if isinstance(u, Queued) for p in [u.position]][0] == 3
+        assert next(u.position for u in results[3] if isinstance(u, Queued)) == 3
         a.go.set()
         assert final(await first).text == "a: q1"
     finally:
