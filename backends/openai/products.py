@@ -18,11 +18,13 @@ Json = Any
 
 CHATRTX_NIM_MODEL = "meta/llama-3.1-8b-instruct"  # ChatRTX 0.5's default NIM selection
 BRIDGE_OWNER = "chatrtx-bridge"  # the owned_by of the ChatRTX 0.4/0.5 bridge's model
+RTXRELAY_OWNER = "rtxrelay"  # the owned_by of `rtxrelay serve`'s models (another PC's)
 
 
 class ProductKind(enum.Enum):
     CHATRTX_NIM = "ChatRTX's model (NIM)"
     CHATRTX_BRIDGE = "the ChatRTX bridge"
+    RTXRELAY = "rtxrelay serve"  # another PC joining a pool
     OLLAMA = "Ollama"
     LLAMA_CPP = "llama.cpp"
     LLAMA_CPP_PYTHON = "llama-cpp-python"
@@ -73,6 +75,8 @@ async def identify(client: OpenAiClient, models: list[str] | None = None) -> Pro
     ids = models if models is not None else [str(m.get("id")) for m in _data(listing)]
     if BRIDGE_OWNER in owners:
         return Product(ProductKind.CHATRTX_BRIDGE, parallel=1)
+    if RTXRELAY_OWNER in owners:
+        return Product(ProductKind.RTXRELAY, parallel=await _rtxrelay_slots(client))
     if await client.peek_json(f"{client.endpoint.base}/health/ready") is not None and \
             CHATRTX_NIM_MODEL in ids:
         return Product(ProductKind.CHATRTX_NIM)
@@ -96,6 +100,17 @@ async def identify(client: OpenAiClient, models: list[str] | None = None) -> Pro
         if info is not None and "llama.cpp" in info:
             return Product(ProductKind.LLAMA_CPP_PYTHON, parallel=1)
     return Product(ProductKind.GENERIC)
+
+
+async def _rtxrelay_slots(client: OpenAiClient) -> int:
+    """Another rtxrelay answers as many at once as its backends have slots (/health lists
+    them). Sending it more would only queue them in its line while a backend here may be idle,
+    so when it does not say, 1 (its Chat with RTX answers one at a time)."""
+    health = await client.peek_json(f"{client.endpoint.root}/health")
+    backends = health.get("backends") if isinstance(health, dict) else None
+    slots = [b.get("slots") for b in backends if isinstance(b, dict) and b.get("state") == "up"] \
+        if isinstance(backends, list) else []
+    return sum(s for s in slots if isinstance(s, int) and s > 0) or 1
 
 
 def _data(listing: Json) -> list[dict[str, Json]]:

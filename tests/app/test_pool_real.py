@@ -176,6 +176,52 @@ RTX_URL = "{laptop.url}"
         assert await store.recover_pending(lambda owner: False) == 0
 
 
+async def test_another_pc_joins_by_running_rtxrelay_serve_with_a_key(tmp_path: Path) -> None:
+    """The remote PC: a replica behind its own `rtxrelay serve` with RTXRELAY_API_KEY. The hub
+    lists it as an OpenAI-compatible backend beside its own replica, finds it is rtxrelay and
+    how many it answers at once (1: never more sent to wait in its line), and uses both."""
+    async with Replica("4.26", token_delay=0.02) as remote_rtx, \
+            Replica("4.26", token_delay=0.02) as local_rtx, \
+            aiohttp.ClientSession(trust_env=False) as http, \
+            SqliteStore(tmp_path / "remote.db") as remote_store:
+        from rtxrelay.backends.chatrtx.backend import ChatRtxBackend
+        from rtxrelay.backends.chatrtx.launch_url import parse_launch_url
+
+        remote = ConversationService(ChatRtxBackend(http, parse_launch_url(remote_rtx.url)),
+                                     remote_store)
+        stop = asyncio.Event()
+        listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        serving = asyncio.create_task(serve(remote, ApiSettings(port=0, api_key="office-key"),
+                                            stop, ready=listening.set_result))
+        try:
+            url = await asyncio.wait_for(asyncio.shield(listening), WAIT)
+            settings = pool_settings(tmp_path, f"""
+[[backend]]
+name = "office"
+OPENAI_BASE_URL = "{url}"
+OPENAI_API_KEY = "office-key"
+
+[[backend]]
+name = "desk"
+RTX_URL = "{local_rtx.url}"
+""")
+            async with open_relay(settings) as relay:
+                pool = relay.service.pool
+                assert [(m.name, m.capacity, m.state) for m in pool.members] == [
+                    ("office", 1, MemberState.UP), ("desk", 1, MemberState.UP)]
+                both = asyncio.create_task(pool.until(lambda: pool.line[0] == 2))
+                asked = [Asked(relay.service, f"u{i}", f"{SLOW}q{i}") for i in range(3)]
+                finals = await asyncio.wait_for(asyncio.gather(*(a.task for a in asked)), WAIT)
+                await asyncio.wait_for(both, WAIT)
+                assert [f.status for f in finals] == [TurnStatus.COMPLETE] * 3
+                assert all("You asked: q" in f.text for f in finals)
+                assert asked[2].positions  # the third waited here, not in the office's line
+        finally:
+            stop.set()
+            await asyncio.wait_for(serving, WAIT)
+            await remote.close()
+
+
 async def _health(service: ConversationService) -> dict:  # type: ignore[type-arg]
     stop = asyncio.Event()
     listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
