@@ -26,6 +26,7 @@ from rtxrelay.core.env import Env
 from rtxrelay.core.errors import ConfigError
 from rtxrelay.core.i18n import Language, negotiate
 from rtxrelay.core.ratelimit import Rate
+from rtxrelay.storage.dsn import PostgresDsn, is_url
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -47,7 +48,7 @@ class Settings:
     chatrtx: ChatRtxSettings
     openai: OpenAiSettings
     family: BackendFamily
-    database: Path
+    database: Path | PostgresDsn  # a SQLite file, or a PostgreSQL database (app/stores.py)
     limits: ConversationLimits
     log_level: str
     env: Env  # every raw value, for the parts that read their own settings
@@ -67,7 +68,8 @@ def load_settings(
     """Read settings; ``environ`` defaults to ``os.environ``. A missing ``env_file`` is fine
     unless ``required`` (the operator named it). A relative RTXRELAY_DB is resolved against
     the settings file's folder: services start in another folder (Task Scheduler's is
-    C:\\Windows\\System32) and must find the same database."""
+    C:\\Windows\\System32) and must find the same database. RTXRELAY_DB may instead be a
+    ``postgresql://`` URL (checked here, connected to later)."""
     values: dict[str, str] = {}
     used_file: Path | None = None
     if env_file is not None:
@@ -90,9 +92,7 @@ def load_settings(
         user_rate=env.rate("USER_RATE_LIMIT", Rate(10, 60.0)),
     )
     here = used_file.parent if used_file else Path.cwd()
-    database = Path(env.str("RTXRELAY_DB") or "rtxrelay.db")
-    if not database.is_absolute() and str(database) != ":memory:":
-        database = here / database
+    database = _database(env, here)
     log_file = Path(raw_log) if (raw_log := env.str("LOG_FILE")) else None
     if log_file is not None and not log_file.is_absolute():
         log_file = here / log_file
@@ -116,6 +116,17 @@ def load_settings(
         wire_logs=env.bool("LOG_WIRE", False),
         default_language=_default_language(env),
     )
+
+
+def _database(env: Env, here: Path) -> Path | PostgresDsn:
+    """RTXRELAY_DB: a SQLite file (relative to ``here``), or a PostgreSQL URL."""
+    raw = env.str("RTXRELAY_DB") or "rtxrelay.db"
+    if is_url(raw):
+        return PostgresDsn.parse(raw)  # ConfigError, the password masked, if malformed
+    database = Path(raw)
+    if not database.is_absolute() and str(database) != ":memory:":
+        database = here / database
+    return database
 
 
 def _default_language(env: Env) -> Language:
@@ -171,10 +182,13 @@ def _read_env_file(path: Path) -> dict[str, str]:
 
 def secrets(settings: Settings) -> list[str]:
     """The values that must never reach a log line: each platform's token, the session
-    cookie in RTX_URL (a credential for Chat with RTX), OPENAI_API_KEY and RTXRELAY_API_KEY."""
+    cookie in RTX_URL (a credential for Chat with RTX), OPENAI_API_KEY, RTXRELAY_API_KEY and
+    the password in a PostgreSQL RTXRELAY_DB."""
     from rtxrelay.bots import PLATFORMS
 
     found = [secret for platform in PLATFORMS for secret in platform.secrets(settings.env)]
     cookie = settings.chatrtx.cookie()
     keys = (settings.openai.api_key, settings.env.str("RTXRELAY_API_KEY"))
-    return found + [value for value in (cookie, *keys) if value]
+    database = settings.database
+    passwords = database.secrets if isinstance(database, PostgresDsn) else ()
+    return found + [value for value in (cookie, *keys, *passwords) if value]
