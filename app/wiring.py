@@ -15,10 +15,10 @@ import aiohttp
 from rtxrelay.backends.chatrtx.backend import ChatRtxBackend
 from rtxrelay.backends.chatrtx.settings import ChatRtxTarget
 from rtxrelay.core.conversation import ConversationService
-from rtxrelay.storage.sqlite_store import SqliteStore
 
 from . import processes
 from .settings import BackendFamily, Settings, load_settings
+from .stores import RelayStore, open_store
 
 if TYPE_CHECKING:  # imported where used: `rtxrelay ask` loads only its own backend's code
     from rtxrelay.backends.chatrtx.supervisor import SupervisedChatRtx
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 class Relay:
     settings: Settings
     backend: ChatRtxBackend | OpenAiBackend
-    store: SqliteStore
+    store: RelayStore
     service: ConversationService
     child: SupervisedChatRtx | None = None  # Chat with RTX, when rtxrelay started it
 
@@ -84,7 +84,7 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
              settings.database)
     async with contextlib.AsyncExitStack() as stack:
         store = await stack.enter_async_context(
-            SqliteStore(settings.database, owner=processes.current()))
+            open_store(settings.database, owner=processes.current()))
         recovered = await store.recover_pending(processes.is_alive)
         if recovered:
             log.info("marked %d unfinished answer(s) from a previous run as interrupted", recovered)
