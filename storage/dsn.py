@@ -116,7 +116,8 @@ class PostgresDsn:
     @property
     def secrets(self) -> tuple[str, ...]:
         """The password as written in the URL and decoded, for the log redaction."""
-        written = self._parts.password or self._query.get("password")
+        written = self._parts.password or next(
+            iter(re.findall(r"(?i)[?&]password=([^&#]*)", self.url)), None)
         return tuple(dict.fromkeys(s for s in (written, self.password) if s))
 
     @property
@@ -129,13 +130,12 @@ class PostgresDsn:
     def redacted(self) -> str:
         """The URL with its password masked, for logs and ``doctor``."""
         parts = self._parts
-        netloc = parts.netloc
-        if not netloc:  # postgresql:///db?host=/run/postgresql: urlunsplit would drop the //
-            return _mask_query_password(self.url)
-        if parts.password is not None:
-            userinfo, _, hostport = netloc.rpartition("@")
-            netloc = f"{userinfo.split(':', 1)[0]}:{MASK}@{hostport}"
-        return _mask_query_password(urllib.parse.urlunsplit(parts._replace(netloc=netloc)))
+        url = self.url
+        if parts.password is not None:  # the netloc comes first after the scheme
+            userinfo, _, hostport = parts.netloc.rpartition("@")
+            masked = f"{userinfo.split(':', 1)[0]}:{MASK}@{hostport}"
+            url = url.replace(parts.netloc, masked, 1)
+        return _mask_query_password(url)
 
     def __str__(self) -> str:
         return self.redacted

@@ -297,7 +297,7 @@ class PostgresStore:
             "RETURNING id",
             key, session, time.time(),
         )
-        return Conversation(conversation_id, key, session)
+        return Conversation(conversation_id, _without_nul(key), session)  # as stored
 
     async def _create_pool(self) -> Pool[Record]:
         """The pool, with its first connection made, so a wrong address, password or database
@@ -467,7 +467,7 @@ def _reason(exc: BaseException) -> str:
         return "it is starting up or shutting down"
     if isinstance(exc, (asyncpg.exceptions.AdminShutdownError,
                         asyncpg.exceptions.CrashShutdownError)):
-        return "it is shutting down or restarting"
+        return "the server closed the connection: a shutdown, a restart or an operator"
     if isinstance(exc, TimeoutError):
         return "no answer in time"
     if isinstance(exc, ConnectionRefusedError):
@@ -488,8 +488,12 @@ async def _schema_version(con: Connection) -> int:
 
 
 def _clean(args: tuple[object, ...]) -> tuple[object, ...]:
+    return tuple(_without_nul(a) if isinstance(a, str) else a for a in args)
+
+
+def _without_nul(text: str) -> str:
     """PostgreSQL's TEXT holds no NUL: written as U+FFFD (see the module's docstring)."""
-    return tuple(a.replace("\x00", "\ufffd") if isinstance(a, str) else a for a in args)
+    return text.replace("\x00", "\ufffd")
 
 
 def _row_count(status: str) -> int:
