@@ -14,7 +14,8 @@ A restarted PostgreSQL needs no restart of rtxrelay. What is retried, and why:
   a restart takes a few seconds, so the caller just waits (a dead connection in the pool is
   replaced there too). After that the call fails with a StorageError naming host:port.
 - A read (SELECT) whose connection dies under it, once, on a fresh connection: it changed
-  nothing, so running it again cannot do anything twice.
+  nothing, so running it again cannot do anything twice. Not one that timed out
+  (``COMMAND_TIMEOUT``): it has already kept its caller waiting long enough.
 - A write whose connection dies under it is NOT run again: its commit may have reached the
   server just before the connection died, and a question or an answer stored twice is worse
   than the StorageError the caller reports. The next call starts on a fresh connection.
@@ -355,7 +356,7 @@ class PostgresStore:
                 try:
                     return await con.fetch(sql, *_clean(args))
                 except _SERVER_AWAY as exc:
-                    if attempt == 2:
+                    if attempt == 2 or isinstance(exc, TimeoutError):
                         raise self._explain(exc) from exc
                     log.info("lost the connection to PostgreSQL at %s; reading again",
                              self.dsn.where)

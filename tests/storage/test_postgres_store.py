@@ -224,3 +224,24 @@ async def test_nul_is_stored_as_the_replacement_character(postgres_dsn: Postgres
         await store.add_question(conversation.id, "a\x00b")
         (turn,) = await store.recent_turns(conversation.id, 1)
         assert turn.question == "a\ufffdb"
+
+
+async def test_several_statements_commit_together_and_an_error_shows_no_row(
+        postgres_dsn: PostgresDsn) -> None:
+    """``_transaction()``: the way in for code built on the store (several statements, one
+    commit); an SQL error becomes a StorageError that quotes no row (rows hold questions)."""
+    async with PostgresStore(postgres_dsn) as store:
+        conversation = await store.current(KEY)
+        turn_id = await store.add_question(conversation.id, "a private question")
+        async with store._transaction() as con:
+            await con.execute("UPDATE turns SET answer = 'one' WHERE id = $1", turn_id)
+            await con.execute("UPDATE turns SET status = 'complete' WHERE id = $1", turn_id)
+        with pytest.raises(StorageError) as failed:
+            async with store._transaction() as con:
+                await con.execute("UPDATE turns SET answer = 'two' WHERE id = $1", turn_id)
+                await con.execute("UPDATE turns SET status = 'bogus' WHERE id = $1", turn_id)
+        assert failed.value.message.startswith(f"PostgreSQL error on {postgres_dsn.where}: ")
+        assert "(SQLSTATE 23514)" in failed.value.message  # a check constraint
+        assert "private question" not in str(failed.value)
+        (turn,) = await store.recent_turns(conversation.id, 1)
+        assert (turn.answer, turn.status) == ("one", TurnStatus.COMPLETE)
