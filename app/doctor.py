@@ -7,9 +7,9 @@ from typing import TextIO
 
 from rtxrelay.bots import PLATFORMS, configured_platforms
 from rtxrelay.core.errors import RelayError
-from rtxrelay.storage.sqlite_store import SqliteStore
 
 from .settings import BackendFamily, BackendSettings, Settings
+from .stores import open_store
 from .wiring import backend_session, make_backend
 
 
@@ -37,8 +37,8 @@ async def run_doctor(settings: Settings, out: TextIO) -> int:
         # In a pool every line says which backend it is about.
         tag = f"[{backend.name}] " if settings.pool else ""
         await _check_backend(settings, backend, *_tagged(tag, ok, bad, info))
-    try:
-        async with SqliteStore(settings.database) as store:
+    try:  # a PostgreSQL URL shows with its password masked
+        async with open_store(settings.database) as store:
             await store.check_writable()
     except RelayError as exc:
         bad("database", exc)

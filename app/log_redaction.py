@@ -14,8 +14,8 @@ from collections.abc import Iterable
 
 MASK = "***"
 # Libraries whose DEBUG lines carry request and response bodies: questions and answers.
-LIBRARY_LOGGERS = ("telegram", "httpx", "httpcore", "hpack", "aiosqlite", "discord", "aiohttp",
-                   "websockets", "asyncio")
+LIBRARY_LOGGERS = ("telegram", "httpx", "httpcore", "hpack", "aiosqlite", "asyncpg", "discord",
+                   "aiohttp", "websockets", "asyncio")
 _MIN_SECRET = 8  # shorter values (e.g. "1") would blank out ordinary words
 
 

@@ -26,6 +26,7 @@ from rtxrelay.core.env import Env
 from rtxrelay.core.errors import ConfigError
 from rtxrelay.core.i18n import Language, negotiate
 from rtxrelay.core.ratelimit import Rate
+from rtxrelay.storage.dsn import PostgresDsn, is_url
 
 from .backends_file import IDENTITY, BackendEntry, read_backends_file
 
@@ -76,7 +77,7 @@ class Settings:
     chatrtx: ChatRtxSettings  # .env's backend settings (with backends.toml: what entries inherit)
     openai: OpenAiSettings
     family: BackendFamily
-    database: Path
+    database: Path | PostgresDsn  # a SQLite file, or a PostgreSQL database (app/stores.py)
     limits: ConversationLimits
     log_level: str
     env: Env  # every raw value, for the parts that read their own settings
@@ -103,7 +104,8 @@ def load_settings(
     """Read settings; ``environ`` defaults to ``os.environ``. A missing ``env_file`` is fine
     unless ``required`` (the operator named it). A relative RTXRELAY_DB is resolved against
     the settings file's folder: services start in another folder (Task Scheduler's is
-    C:\\Windows\\System32) and must find the same database."""
+    C:\\Windows\\System32) and must find the same database. RTXRELAY_DB may instead be a
+    ``postgresql://`` URL (checked here, connected to later)."""
     values: dict[str, str] = {}
     used_file: Path | None = None
     if env_file is not None:
@@ -134,9 +136,7 @@ def load_settings(
             limits.max_concurrent_jobs if env.str("MAX_CONCURRENT_JOBS") else None),)
     else:
         backends = _pool(env, backends_file)
-    database = Path(env.str("RTXRELAY_DB") or "rtxrelay.db")
-    if not database.is_absolute() and str(database) != ":memory:":
-        database = here / database
+    database = _database(env, here)
     log_file = Path(raw_log) if (raw_log := env.str("LOG_FILE")) else None
     if log_file is not None and not log_file.is_absolute():
         log_file = here / log_file
@@ -205,6 +205,17 @@ def _entry_settings(env: Env, entry: BackendEntry) -> BackendSettings:
                           setting=exc.setting) from None
 
 
+def _database(env: Env, here: Path) -> Path | PostgresDsn:
+    """RTXRELAY_DB: a SQLite file (relative to ``here``), or a PostgreSQL URL."""
+    raw = env.str("RTXRELAY_DB") or "rtxrelay.db"
+    if is_url(raw):
+        return PostgresDsn.parse(raw)  # ConfigError, the password masked, if malformed
+    database = Path(raw)
+    if not database.is_absolute() and str(database) != ":memory:":
+        database = here / database
+    return database
+
+
 def _default_language(env: Env) -> Language:
     """DEFAULT_LANGUAGE: a tag as users write it (en, zh-CN, zh_TW, zh-Hant...)."""
     raw = env.str("DEFAULT_LANGUAGE")
@@ -258,8 +269,8 @@ def _read_env_file(path: Path) -> dict[str, str]:
 
 def secrets(settings: Settings) -> list[str]:
     """The values that must never reach a log line: each platform's token, the session
-    cookie in RTX_URL (a credential for Chat with RTX), OPENAI_API_KEY and RTXRELAY_API_KEY —
-    of .env and of every backend in backends.toml."""
+    cookie in RTX_URL (a credential for Chat with RTX), OPENAI_API_KEY, RTXRELAY_API_KEY and
+    the password in a PostgreSQL RTXRELAY_DB — of .env and of every backend in backends.toml."""
     from rtxrelay.bots import PLATFORMS
 
     found = [secret for platform in PLATFORMS for secret in platform.secrets(settings.env)]
@@ -267,4 +278,6 @@ def secrets(settings: Settings) -> list[str]:
               settings.env.str("RTXRELAY_API_KEY")]
     for backend in settings.backends:
         values += [backend.chatrtx.cookie(), backend.openai.api_key]
+    database = settings.database
+    values += database.secrets if isinstance(database, PostgresDsn) else ()
     return found + list(dict.fromkeys(value for value in values if value))

@@ -17,10 +17,10 @@ from rtxrelay.backends.chatrtx.settings import ChatRtxTarget
 from rtxrelay.core.conversation import ConversationService
 from rtxrelay.core.errors import BackendError, ConfigError
 from rtxrelay.core.pool import BackendPool, Member
-from rtxrelay.storage.sqlite_store import SqliteStore
 
 from . import processes
 from .settings import BackendFamily, BackendSettings, Settings, load_settings
+from .stores import RelayStore, open_store
 
 if TYPE_CHECKING:  # imported where used: `rtxrelay ask` loads only its own backend's code
     from rtxrelay.backends.chatrtx.supervisor import SupervisedChatRtx
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Relay:
     settings: Settings
-    store: SqliteStore
+    store: RelayStore
     service: ConversationService  # its ``pool`` holds the backends
     child: SupervisedChatRtx | None = None  # Chat with RTX, when rtxrelay started it
 
@@ -112,7 +112,7 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
              settings.database)
     async with contextlib.AsyncExitStack() as stack:
         store = await stack.enter_async_context(
-            SqliteStore(settings.database, owner=processes.current()))
+            open_store(settings.database, owner=processes.current()))
         recovered = await store.recover_pending(processes.is_alive)
         if recovered:
             log.info("marked %d unfinished answer(s) from a previous run as interrupted", recovered)

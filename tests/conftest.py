@@ -18,6 +18,9 @@ from tests.replica.launcher import Replica
 from tests.replica.variants import VARIANTS
 from tests.support.faults import REPORT, FaultRow
 
+# A real PostgreSQL server for the run (`postgres`), a new database per test (`postgres_dsn`).
+from tests.support.postgres import postgres, postgres_dsn  # noqa: F401
+
 # PTB constructs RetryAfter through a deprecated property unless this is set; under
 # -W error that warning would replace the exception (docs/platforms.md#telegram-gotchas).
 os.environ["PTB_TIMEDELTA"] = "true"

@@ -13,6 +13,7 @@ from rtxrelay.app.log_redaction import MASK, RedactingFormatter
 from rtxrelay.app.settings import load_settings, secrets
 from rtxrelay.core.errors import ConfigError
 from rtxrelay.core.i18n import Language
+from rtxrelay.storage.dsn import PostgresDsn
 
 # -- settings -------------------------------------------------------------------------------------
 
@@ -40,6 +41,26 @@ def test_malformed_settings_name_the_variable(name: str, value: str, expected: s
     with pytest.raises(ConfigError) as excinfo:
         load_settings({name: value}, None)
     assert expected in excinfo.value.message
+
+
+def test_the_database_is_a_file_beside_the_settings_or_a_postgresql_url(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("RTXRELAY_DB=data/relay.db\n")
+    assert load_settings({}, env_file).database == tmp_path / "data" / "relay.db"
+    assert load_settings({}, None).database == Path.cwd() / "rtxrelay.db"
+    assert load_settings({"RTXRELAY_DB": ":memory:"}, None).database == Path(":memory:")
+    url = "postgresql://relay:pg-password-1234@db.lan:5433/rtxrelay"
+    settings = load_settings({"RTXRELAY_DB": url}, env_file)  # the environment wins
+    assert isinstance(settings.database, PostgresDsn) and settings.database.url == url
+    assert str(settings.database) == "postgresql://relay:***@db.lan:5433/rtxrelay"
+    assert "pg-password-1234" in secrets(settings)  # masked in every log line
+
+
+def test_a_malformed_database_url_names_the_setting_not_the_password() -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings({"RTXRELAY_DB": "postgresql://relay:pg-password-1234@db.lan:x/rtx"}, None)
+    assert excinfo.value.setting == "RTXRELAY_DB" and "no valid port" in excinfo.value.message
+    assert "pg-password-1234" not in str(excinfo.value)
 
 
 @pytest.mark.parametrize(("value", "language"), [

@@ -1,16 +1,15 @@
-"""The store side of telling a crash's stale messages: recorded, found once, then told."""
+"""The store side of telling a crash's stale messages: recorded, found once, then told (on
+SQLite and PostgreSQL: ``make_store``)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from rtxrelay.core.store import MessageRef, StaleAnswer, TurnStatus
-from rtxrelay.storage.sqlite_store import SqliteStore
+from tests.storage.conftest import StoreFactory
 
 
-async def test_an_interrupted_answer_lists_its_messages_until_told(tmp_path: Path) -> None:
-    path = tmp_path / "r.db"
-    async with SqliteStore(path, owner="crashed") as store:
+async def test_an_interrupted_answer_lists_its_messages_until_told(
+        make_store: StoreFactory) -> None:
+    async with make_store(owner="crashed") as store:
         conversation = await store.current("telegram:1:1")
         turn = await store.add_question(conversation.id, "long one")
         done = await store.add_question(conversation.id, "finished one")
@@ -20,7 +19,7 @@ async def test_an_interrupted_answer_lists_its_messages_until_told(tmp_path: Pat
         await store.save_partial(turn, "half of it")
         await store.finish_turn(done, status=TurnStatus.COMPLETE, answer="all")
         await store.add_message(turn, MessageRef("discord", "7", "99"))
-    async with SqliteStore(path, owner="next") as store:
+    async with make_store(owner="next") as store:
         assert await store.stale_answers("telegram") == []  # nothing recovered yet
         assert await store.recover_pending(lambda owner: False) == 1
         assert await store.stale_answers("telegram") == [StaleAnswer(turn, "half of it", (
