@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from rtxrelay.core.errors import ConfigError
+from rtxrelay.core.pool import BackendPool, Member
 from rtxrelay.core.store import ConversationStore, Turn
 from rtxrelay.storage.dsn import PostgresDsn
 from rtxrelay.storage.sqlite_store import SqliteStore
@@ -45,3 +46,18 @@ def open_store(database: Path | PostgresDsn, *,
             ) from None
         return PostgresStore(database, owner=owner)
     return SqliteStore(database, owner=owner)
+
+
+def make_pool(store: RelayStore, members: list[Member], *, probe_interval: float,
+              check_interval: float) -> BackendPool:
+    """The backends' line: in this process's memory with SQLite; in the database with
+    PostgreSQL, shared by every rtxrelay process on it (storage/postgres_line.py)."""
+    if type(store).__name__ != "PostgresStore":  # without importing asyncpg for SQLite
+        return BackendPool(members, probe_interval=probe_interval,
+                           check_interval=check_interval)
+    from rtxrelay.storage.postgres_line import PostgresPool
+    from rtxrelay.storage.postgres_store import PostgresStore
+
+    assert isinstance(store, PostgresStore)
+    return PostgresPool(members, store, probe_interval=probe_interval,
+                        check_interval=check_interval)

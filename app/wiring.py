@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,10 +18,11 @@ from rtxrelay.backends.chatrtx.settings import ChatRtxTarget
 from rtxrelay.core.conversation import ConversationService
 from rtxrelay.core.errors import BackendError, ConfigError
 from rtxrelay.core.pool import BackendPool, Member
+from rtxrelay.storage.dsn import PostgresDsn
 
 from . import processes
 from .settings import BackendFamily, BackendSettings, Settings, load_settings
-from .stores import RelayStore, open_store
+from .stores import RelayStore, make_pool, open_store
 
 if TYPE_CHECKING:  # imported where used: `rtxrelay ask` loads only its own backend's code
     from rtxrelay.backends.chatrtx.supervisor import SupervisedChatRtx
@@ -110,12 +112,14 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
     chatrtx = settings.chatrtx
     log.info("settings from %s; database %s", settings.env_file or "the environment only",
              settings.database)
+    # With PostgreSQL the processes sharing the line may run on several PCs: a pid names a
+    # process on one of them only, and recovery goes by the line's leases instead.
+    shared = isinstance(settings.database, PostgresDsn)
+    owner = f"{socket.gethostname()}/{processes.current()}" if shared else processes.current()
     async with contextlib.AsyncExitStack() as stack:
-        store = await stack.enter_async_context(
-            open_store(settings.database, owner=processes.current()))
-        recovered = await store.recover_pending(processes.is_alive)
-        if recovered:
-            log.info("marked %d unfinished answer(s) from a previous run as interrupted", recovered)
+        store = await stack.enter_async_context(open_store(settings.database, owner=owner))
+        if not shared:
+            _recovered(await store.recover_pending(processes.is_alive))
         http = await stack.enter_async_context(backend_session())
         child: SupervisedChatRtx | None = None
         if not settings.pool and settings.family is BackendFamily.CHATRTX and \
@@ -128,16 +132,25 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
         members = [await _member(make_backend(http, entry, settings, child), entry,
                                  pool=settings.pool) for entry in settings.backends]
         limits = settings.limits
-        pool = BackendPool(members, probe_interval=limits.recovery_probe_interval,
-                           check_interval=limits.pool_check_interval)
+        pool = make_pool(store, members, probe_interval=limits.recovery_probe_interval,
+                         check_interval=limits.pool_check_interval)
+        service = ConversationService(pool, store, limits)  # it closes the pool
+        stack.push_async_callback(service.close)
+        await pool.start()
+        if shared:
+            from rtxrelay.storage.postgres_line import PostgresPool
+
+            assert isinstance(pool, PostgresPool)
+            live = await pool.live_owners()
+            _recovered(await store.recover_pending(live.__contains__))
         if settings.pool:
             await _first_checks(pool)
-        pool.watch()
-        service = ConversationService(pool, store, limits)
-        try:
-            yield Relay(settings, store, service, child)
-        finally:
-            await service.close()
+        yield Relay(settings, store, service, child)
+
+
+def _recovered(count: int) -> None:
+    if count:
+        log.info("marked %d unfinished answer(s) from a previous run as interrupted", count)
 
 
 async def _first_checks(pool: BackendPool) -> None:

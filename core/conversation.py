@@ -214,12 +214,19 @@ class ConversationService:
         stop = stop or asyncio.Event()
         self._inflight[name] = stop
         try:
-            # aclosing: if our consumer stops early, the inner generator's cleanup (cancel the
-            # backend job, store the partial answer) must run now, not at garbage collection.
-            async with contextlib.aclosing(
-                    self._answer(name, question, stop, read_window)) as updates:
-                async for update in updates:
-                    yield update
+            if not await self.pool.claim(name):  # its answer runs in another process
+                yield Busy()
+                return
+            try:
+                # aclosing: if our consumer stops early, the inner generator's cleanup (cancel
+                # the backend job, store the partial answer) must run now, not at garbage
+                # collection.
+                async with contextlib.aclosing(
+                        self._answer(name, question, stop, read_window)) as updates:
+                    async for update in updates:
+                        yield update
+            finally:
+                await asyncio.shield(self.pool.unclaim(name))
         finally:
             self._inflight.pop(name, None)
 

@@ -84,7 +84,9 @@ class MemberStatus:
 
 
 @dataclass(eq=False)
-class _Waiter:
+class Waiter:
+    """A job waiting for a slot (here, or as a row of a shared line)."""
+
     future: asyncio.Future[Member]
     on_position: Callable[[int], None] | None
     prefer: str | None
@@ -114,7 +116,7 @@ class BackendPool:
         self._members = tuple(members)
         self._probe_interval = probe_interval
         self._check_interval = check_interval
-        self._line: list[_Waiter] = []
+        self._line: list[Waiter] = []
         self._closed_by: BackendError | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._probing: dict[str, asyncio.Task[None]] = {}
@@ -180,7 +182,7 @@ class BackendPool:
         head of the line (a job moved off a failed backend keeps its place)."""
         if self._closed_by is not None:
             raise LineClosed(self._closed_by)
-        waiter = _Waiter(asyncio.get_running_loop().create_future(), on_position, prefer,
+        waiter = Waiter(asyncio.get_running_loop().create_future(), on_position, prefer,
                          accepts)
         if first:
             self._line.insert(0, waiter)
@@ -216,7 +218,7 @@ class BackendPool:
             waiter.report(position)
         self._changed()
 
-    def _pick(self, waiter: _Waiter) -> Member | None:
+    def _pick(self, waiter: Waiter) -> Member | None:
         usable = [m for m in self._members
                   if m.free > 0 and (waiter.accepts is None or waiter.accepts(m))]
         if not usable:
@@ -298,10 +300,23 @@ class BackendPool:
 
     # -- life --------------------------------------------------------------------------------
 
+    async def start(self) -> None:
+        """Begin: check idle backends (a shared line also joins its database here)."""
+        self.watch()
+
     def watch(self) -> None:
         """Start checking idle backends (pools of two or more). Call once, in the loop."""
         if len(self._members) > 1:
             self._spawn(self._check_idle(), "rtxrelay-pool-checks")
+
+    async def claim(self, conversation: str) -> bool:
+        """Take ``conversation``'s one answer in flight; False when another process has it.
+        In one process the service's own guard says so: a line shared by several processes
+        (storage/postgres_line.py) holds it across them."""
+        return True
+
+    async def unclaim(self, conversation: str) -> None:
+        """Give ``conversation``'s claim back (its answer ended)."""
 
     def _spawn(self, job: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(job, name=name)
