@@ -146,6 +146,8 @@ class OpenAiApi:
         self._health: tuple[float, list[dict[str, Json]]] | None = None
         self._models: list[str] | None = None
         self._models_at = 0.0
+        # Requests arriving together ask the backends for their models once, not once each.
+        self._models_lock = asyncio.Lock()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES,
@@ -247,7 +249,9 @@ class OpenAiApi:
         slots; and the pool's line. ``backend`` is the first one (what one backend showed)."""
         now = time.monotonic()
         if self._health is None or now - self._health[0] > HEALTH_TTL:
-            probed = await asyncio.gather(*(_probe(m) for m in self._pool.members))
+            previous = self._health[1] if self._health else [None] * len(self._pool.members)
+            probed = await asyncio.gather(*(_probe(m, before) for m, before in zip(
+                self._pool.members, previous, strict=True)))
             self._health = (now, list(probed))
         backends = [_state(member, probed)
                     for member, probed in zip(self._pool.members, self._health[1], strict=True)]
@@ -420,9 +424,15 @@ class OpenAiApi:
             stream, include_usage)
 
     async def _model_ids(self, *, fresh: bool = False) -> list[str]:
+        asked_at = time.monotonic()
+        async with self._models_lock:
+            if self._models is not None and self._models_at >= asked_at - (
+                    0.0 if fresh else MODELS_TTL):
+                return self._models  # fresh enough, or fetched while this request waited
+            return await self._fetch_models()
+
+    async def _fetch_models(self) -> list[str]:
         now = time.monotonic()
-        if self._models is not None and not fresh and now - self._models_at < MODELS_TTL:
-            return self._models
         members = [m for m in self._pool.members if m.state is MemberState.UP] or \
             list(self._pool.members)
         errors = await asyncio.gather(*(self._pool.check(m) for m in members))
@@ -506,7 +516,11 @@ def _finish(update: Finished) -> str:
     return "length" if update.length_limited else "stop"
 
 
-async def _probe(member: Member) -> dict[str, Json]:
+async def _probe(member: Member, before: dict[str, Json] | None) -> dict[str, Json]:
+    """Whether ``member`` answers. A backend answering right now is not probed: a probe may
+    be a one-token completion, which would take its slot from the next question."""
+    if member.running and member.state is MemberState.UP:
+        return {**(before or {}), "reachable": True}
     try:
         info = await member.backend.probe()
     except BackendError as exc:

@@ -448,3 +448,14 @@ async def test_run_serves_the_api_beside_the_bots_when_asked(rtx_426: Replica,
         assert text == expected("hello")
         assert await cli.interrupt() == 130  # Ctrl+C, as documented
     assert "POST /v1/chat/completions 200" in cli.output()
+
+
+async def test_requests_arriving_together_ask_the_backend_for_its_models_once(
+        tmp_path: Path) -> None:
+    async with FakeOpenAI(persona=Persona.OLLAMA, models=("llama3.2",)) as fake, \
+            serving(lambda http: OpenAiBackend(http, OpenAiSettings(fake.base_url)),
+                    tmp_path) as api, api.client() as client:
+        before = sum(r.path.endswith("/models") for r in fake.requests)
+        listings = await asyncio.gather(*(client.models.list() for _ in range(10)))
+        assert all([m.id for m in listing.data] == ["llama3.2:latest"] for listing in listings)
+        assert sum(r.path.endswith("/models") for r in fake.requests) - before == 1
