@@ -158,8 +158,9 @@ async def test_a_dead_process_frees_what_it_held_and_only_that(
         assert await waiting.got() == "a"  # its slot came free once its lease lapsed
         assert await survivor.claim("test:1:theirs")  # and its claim
         async with asyncio.timeout(WAIT):
-            while (await _status(store, theirs)) is TurnStatus.PENDING:
-                await asyncio.sleep(0.05)  # noqa: ASYNC110 - a row another task writes
+            # A row the survivor's lease task writes right after freeing the slot.
+            while (await _status(store, theirs)) is TurnStatus.PENDING:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
         assert await _status(store, theirs) is TurnStatus.INTERRUPTED
         assert await _status(store, mine) is TurnStatus.PENDING  # a live process's: untouched
         await waiting.done()
