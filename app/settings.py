@@ -91,6 +91,8 @@ class Settings:
     # Who answers: .env's one backend, or the entries of backends.toml (a pool).
     backends: tuple[BackendSettings, ...] = ()
     backends_file: Path | None = None
+    # LINE_LEASE: with PostgreSQL, how long a silent process keeps its place in the line
+    line_lease: float = 20.0
 
     @property
     def pool(self) -> bool:
@@ -161,6 +163,7 @@ def load_settings(
         default_language=_default_language(env),
         backends=backends,
         backends_file=backends_file,
+        line_lease=env.seconds("LINE_LEASE", 20.0),
     )
 
 

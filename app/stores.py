@@ -49,7 +49,7 @@ def open_store(database: Path | PostgresDsn, *,
 
 
 def make_pool(store: RelayStore, members: list[Member], *, probe_interval: float,
-              check_interval: float) -> BackendPool:
+              check_interval: float, lease: float) -> BackendPool:
     """The backends' line: in this process's memory with SQLite; in the database with
     PostgreSQL, shared by every rtxrelay process on it (storage/postgres_line.py)."""
     if type(store).__name__ != "PostgresStore":  # without importing asyncpg for SQLite
@@ -59,5 +59,6 @@ def make_pool(store: RelayStore, members: list[Member], *, probe_interval: float
     from rtxrelay.storage.postgres_store import PostgresStore
 
     assert isinstance(store, PostgresStore)
+    # Four renewals per lease: one or two lost to a busy server do not end it.
     return PostgresPool(members, store, probe_interval=probe_interval,
-                        check_interval=check_interval)
+                        check_interval=check_interval, lease=lease, heartbeat=lease / 4)

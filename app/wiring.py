@@ -133,7 +133,7 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
                                  pool=settings.pool) for entry in settings.backends]
         limits = settings.limits
         pool = make_pool(store, members, probe_interval=limits.recovery_probe_interval,
-                         check_interval=limits.pool_check_interval)
+                         check_interval=limits.pool_check_interval, lease=settings.line_lease)
         service = ConversationService(pool, store, limits)  # it closes the pool
         stack.push_async_callback(service.close)
         await pool.start()

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "rtxrelay_line"
 HEARTBEAT = 5.0  # seconds between lease renewals (and a look at the line)
-LEASE = 20.0  # a process silent this long is gone
+LEASE = 20.0  # a process silent this long is gone (LINE_LEASE)
 # pg_advisory_xact_lock's key while creating the tables: "rtxline" as 8 bytes.
 SCHEMA_LOCK = int.from_bytes(b"rtxline\0", "big")
 NOW = "extract(epoch FROM clock_timestamp())"  # the server's clock: PCs' clocks may differ
