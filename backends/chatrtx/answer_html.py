@@ -538,6 +538,12 @@ _WHOLE_ONLY = re.compile(r"<(?:a|img|/?div)\b|see all matches|\x00", re.IGNORECA
 # two roots of unbounded length (``\\\\server``, ``//server``); other roots are short.
 _NOT_PLAIN = re.compile(r"<|\\|//|\n\n\n")
 _BLANK_RUN = re.compile(r"\n{3,}")
+# Every match of _WHOLE_ONLY, _NOT_PLAIN, _ROOT_HINT and _BREAK holds one of these characters,
+# or is _WHOLE_ONLY's "see all matches": where there are none, an update of plain prose skips
+# the four searches. One character class: the regex engine scans for it in a tight loop (an
+# alternative, or IGNORECASE, would make it try every position in turn).
+_QUIET = re.compile(r"[<\\/\n%$~:\x00]")
+_SEE_ALL_PHRASE = re.compile("see all matches", re.IGNORECASE)
 
 
 class StreamingConverter:
@@ -618,11 +624,22 @@ class StreamingConverter:
         old, was = len(self._tail), (self._plain, self._lead)
         self._tail += appended
         look = max(0, old - self._LOOKBACK)
+        # The text after the line breaks was short: they may go on.
+        short = bool(self._head) and old < self._lead + len("\r<br/>")
+        # "see all matches" wholly in the text before would have made the answer whole when
+        # it came: only one that ends in the update's text can be new.
+        if not short and _QUIET.search(self._tail, look) is None and _SEE_ALL_PHRASE.search(
+                self._tail, max(look, old - len("see all matches") + 1)) is None:
+            # Plain prose (most updates): none of the searches below would find anything
+            # from ``look`` on; only a settle may be due.
+            if self._cut and len(self._tail) >= self._next_try:
+                self._settle()
+            return was == (True, self._lead) and self._plain
         if _WHOLE_ONLY.search(self._tail, look) is not None:
             self._whole = True
             return False
-        if self._head and old < self._lead + len("\r<br/>"):
-            self._take_lead()  # the text after the line breaks was short: they may go on
+        if short:
+            self._take_lead()
         elif self._plain and self._tail_may_change(look):
             self._plain, self._next_try = False, 0  # now worth settling at every break
         self._find_cut(max(0, old - len("<br/>")))

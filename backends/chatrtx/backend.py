@@ -54,6 +54,9 @@ class ChatFunction:
     messages_format: bool  # gradio 5 chatbots may hold {"role", "content"} dicts
     trigger_id: int | None
     validators: tuple[int, ...]  # the chain's session checks, in order
+    # Where the chatbot's value is in the outputs (None: not an output), found once here
+    # rather than at every update.
+    chatbot_output: int | None
 
     @property
     def label(self) -> str:
@@ -110,11 +113,12 @@ def find_chat_function(app: GradioApp, override: str | None = None) -> ChatFunct
     )
     props = app.components.get(chatbot_id, {}).get("props") or {}
     chain = _chain(deps, index)
+    outputs = tuple(int(i) for i in dep.get("outputs", []))
     return ChatFunction(
         fn_index=int(dep.get("id", index)),
         api_name=dep.get("api_name") if isinstance(dep.get("api_name"), str) else None,
         inputs=inputs,
-        outputs=tuple(int(i) for i in dep.get("outputs", [])),
+        outputs=outputs,
         chatbot_id=chatbot_id,
         messages_format=props.get("type") == "messages",
         trigger_id=_trigger_id(deps, chain[0] if chain else index),
@@ -126,6 +130,7 @@ def find_chat_function(app: GradioApp, override: str | None = None) -> ChatFunct
             and not deps[i].get("outputs")
             and deps[i].get("backend_fn", True)
         ),
+        chatbot_output=outputs.index(chatbot_id) if chatbot_id in outputs else None,
     )
 
 
@@ -289,12 +294,12 @@ class ChatRtxBackend:
                 elif isinstance(event, JobStarted):
                     yield Started()
                 elif isinstance(event, JobOutput):
-                    raw = self._answer(app, chat, event.data)
+                    raw, appended = self._answer(chat, event)
                     if event.final:
                         converted = convert_answer(raw)
                         yield Done(converted.text, raw, converted.references)
                         return
-                    change = converter.feed(raw, self._appended(chat, event))
+                    change = converter.feed(raw, appended)
                     if change is not None:
                         text = change.text
                         yield TextSoFar(change.text, change.delta)
@@ -381,41 +386,30 @@ class ChatRtxBackend:
         return values
 
     @staticmethod
-    def _appended(chat: ChatFunction, output: JobOutput) -> str | None:
-        """What the update added to the answer, when its diffs say so (appends to the last
-        turn's answer and nothing else): then the converter need not compare whole answers.
-        None when they do not (a value sent whole, an edit elsewhere in the chatbot)."""
-        if output.edits is None:
-            return None
-        index = chat.outputs.index(chat.chatbot_id)
+    def _answer(chat: ChatFunction, output: JobOutput) -> tuple[str, str | None]:
+        """The last turn's answer in the chatbot, and what the update added to it when its
+        diffs say so (appends to that answer and nothing else): then the converter need not
+        compare whole answers. None when they do not (a value sent whole, an edit elsewhere
+        in the chatbot). One function: it runs at every update."""
+        index = chat.chatbot_output
+        if index is None or index >= len(output.data):
+            raise BackendError(
+                BackendErrorKind.PROTOCOL, "The chat function's output has no chatbot value.")
         value = output.data[index]
         if not isinstance(value, list) or not value:
-            return None
+            return "", None
         last = value[-1]
-        if chat.messages_format:
-            if not (isinstance(last, dict) and last.get("role") == "assistant"):
-                return None
-            path: list[Json] = [len(value) - 1, "content"]
-        elif isinstance(last, list) and len(last) >= 2:
+        path: list[Json]
+        if isinstance(last, dict):  # messages format
+            if last.get("role") != "assistant":
+                return "", None
+            answer = str(last.get("content") or "")
+            path = [len(value) - 1, "content"]
+        elif isinstance(last, list | tuple) and len(last) >= 2:
+            answer = last[1] if isinstance(last[1], str) else ""
             path = [len(value) - 1, 1]
         else:
-            return None
-        return appended_text(output.edits[index], path)
-
-    @staticmethod
-    def _answer(app: GradioApp, chat: ChatFunction, data: list[Json]) -> str:
-        try:
-            value = data[chat.outputs.index(chat.chatbot_id)]
-        except (ValueError, IndexError) as exc:
-            raise BackendError(
-                BackendErrorKind.PROTOCOL, "The chat function's output has no chatbot value."
-            ) from exc
-        if not isinstance(value, list) or not value:
-            return ""
-        last = value[-1]
-        if isinstance(last, dict):  # messages format
-            return str(last.get("content") or "") if last.get("role") == "assistant" else ""
-        if isinstance(last, list | tuple) and len(last) >= 2:
-            answer = last[1]
-            return answer if isinstance(answer, str) else ""
-        return ""
+            return "", None
+        if output.edits is None:
+            return answer, None
+        return answer, appended_text(output.edits[index], path)

@@ -30,7 +30,10 @@ def apply_diff(value: Json, diff: list[list[Json]]) -> Json:
 def merge_diffs(updates: list[list[Json]], outputs: int) -> list[list[Json]]:
     """The edits of consecutive updates as one update: per output, every edit in order, with
     runs of text ``append``s to one path joined into one (``+=`` on a string copies it whole,
-    so N appends of a read would copy the answer N times). A non-list entry edits nothing."""
+    so N appends of a read would copy the answer N times). A non-list entry edits nothing.
+
+    It runs once per read of a stream, so ``_text_appended`` is written out in it: at Chat
+    with RTX's pace each read runs on cold caches, where a call costs more than its work."""
     merged: list[list[Json]] = []
     for index in range(outputs):
         edits: list[Json] = []
@@ -40,23 +43,19 @@ def merge_diffs(updates: list[list[Json]], outputs: int) -> list[list[Json]]:
                 raise _bad_diff("an update has another number of outputs")
             diff = update[index]
             for edit in diff if isinstance(diff, list) else ():
-                text = _text_appended(edit)
+                text = edit[2] if isinstance(edit, list) and len(edit) == 3 \
+                    and edit[0] == "append" and isinstance(edit[2], str) else None
                 if text is not None and parts and edit[1] == edits[-1][1]:
                     parts.append(text)
                     continue
-                _close_run(edits, parts)
+                if len(parts) > 1:  # the run ends: one append of its texts
+                    edits[-1] = ["append", edits[-1][1], "".join(parts)]
+                parts = [] if text is None else [text]
                 edits.append(edit)
-                if text is not None:
-                    parts.append(text)
-        _close_run(edits, parts)
+        if len(parts) > 1:
+            edits[-1] = ["append", edits[-1][1], "".join(parts)]
         merged.append(edits)
     return merged
-
-
-def _close_run(edits: list[Json], parts: list[str]) -> None:
-    if len(parts) > 1:
-        edits[-1] = ["append", edits[-1][1], "".join(parts)]
-    parts.clear()
 
 
 def appended_text(edits: list[Json], path: list[Json]) -> str | None:
