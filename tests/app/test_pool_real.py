@@ -26,7 +26,7 @@ from tests.llama.server import LlamaServer
 from tests.replica.launcher import Replica, free_port
 
 WAIT = 60.0
-SLOW = "[delay=0.05] [len=600] "  # a replica answer of a few seconds: a line forms behind it
+SLOW = "[delay=0.03] [len=500] "  # a replica answer of a few seconds: a line forms behind it
 
 
 def key(user: str) -> ConversationKey:
