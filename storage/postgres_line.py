@@ -3,11 +3,17 @@
 Each process keeps its own connections to the backends, probes them and streams its own
 askers' answers; what they must agree on lives in five small tables beside the conversations:
 
-- ``line_processes``: each process and its lease, renewed every ``heartbeat`` seconds. A
-  process whose lease lapsed is gone (killed, its PC off): whoever renews next frees its slots,
-  its waiting jobs and its claims, and marks its unfinished answers interrupted. Nothing of a
-  live process is touched: recovery goes by lease, not by pid, so processes may run on
-  several PCs.
+- ``line_processes``: each process, its lease, renewed every ``heartbeat`` seconds, and its
+  ``session``: the server's pid of its LISTEN connection. A process is gone when its lease
+  lapsed (its PC off, the network down) or when its session has been missing from the
+  server's ``pg_stat_activity`` for two heartbeats (killed: the kernel closed its connections
+  at once, the lease need not be waited out). Whoever renews next frees what it held: slots,
+  waiting jobs, claims; its unfinished answers are marked interrupted. Nothing of a live
+  process is touched (recovery goes by lease and session, not by pid, so processes may run on
+  several PCs), and a session missing for a moment (PostgreSQL restarted: every process
+  connects again within a second or two) is not mistaken for a death. Until then, slots are
+  only handed to jobs of processes whose session is there: a killed process's waiting jobs
+  never take a backend from the living.
 - ``line_backends``: which backends are taken out, so one process finding a backend gone
   spares the others the try; every process probes it, the first to reach it brings it back.
 - ``line_slots``: one row per slot of each backend (its MAX_CONCURRENT_JOBS, as the processes
@@ -54,8 +60,10 @@ NOW = "extract(epoch FROM clock_timestamp())"  # the server's clock: PCs' clocks
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS line_processes (
     owner TEXT PRIMARY KEY,
-    lease_until DOUBLE PRECISION NOT NULL
+    lease_until DOUBLE PRECISION NOT NULL,
+    session INTEGER
 );
+ALTER TABLE line_processes ADD COLUMN IF NOT EXISTS session INTEGER;
 CREATE TABLE IF NOT EXISTS line_backends (
     name TEXT PRIMARY KEY,
     down BOOLEAN NOT NULL DEFAULT FALSE,
@@ -84,6 +92,9 @@ CREATE TABLE IF NOT EXISTS line_claims (
 )
 """
 _ORPHANED = "NOT EXISTS (SELECT 1 FROM line_processes p WHERE p.owner = {table}.owner)"
+# The job's process is connected: its LISTEN session is on the server.
+_CONNECTED = ("EXISTS (SELECT 1 FROM line_processes p JOIN pg_stat_activity a "
+              "ON a.pid = p.session WHERE p.owner = {table}.owner)")
 
 
 class PostgresPool(BackendPool):
@@ -112,6 +123,8 @@ class PostgresPool(BackendPool):
         self._unreleased: set[int] = set()  # jobs to delete once the database answers
         self._unclaimed: set[str] = set()
         self._listener: asyncpg.Connection | None = None
+        self._session: int | None = None  # the LISTEN connection's server pid
+        self._missing: dict[str, float] = {}  # processes whose session is gone: since when
         self._closing = False
 
     # -- life ----------------------------------------------------------------------------
@@ -343,7 +356,8 @@ class PostgresPool(BackendPool):
         order = {m.name: index for index, m in enumerate(self.members)}
         async with self._transaction() as con:
             jobs = await con.fetch(
-                "SELECT id, accepts, prefer FROM line_jobs WHERE backend IS NULL "
+                "SELECT id, accepts, prefer FROM line_jobs WHERE backend IS NULL AND "
+                f"{_CONNECTED.format(table='line_jobs')} "
                 "ORDER BY rank, id LIMIT 256 FOR UPDATE SKIP LOCKED")
             if not jobs:
                 return
@@ -458,14 +472,22 @@ class PostgresPool(BackendPool):
 
     async def _renew(self, con: Connection) -> None:
         await con.execute(
-            f"INSERT INTO line_processes (owner, lease_until) VALUES ($1, {NOW} + $2) "
-            "ON CONFLICT (owner) DO UPDATE SET lease_until = EXCLUDED.lease_until",
-            self._owner, self._lease)
+            f"INSERT INTO line_processes (owner, lease_until, session) VALUES ($1, {NOW} + $2, "
+            "$3) ON CONFLICT (owner) DO UPDATE SET lease_until = EXCLUDED.lease_until, "
+            "session = EXCLUDED.session", self._owner, self._lease, self._session)
 
     async def _sweep(self, con: Connection) -> list[str]:
-        """Free what processes whose lease lapsed held; returns their names."""
+        """Free what processes that are gone held; returns their names."""
+        now = asyncio.get_running_loop().time()
+        unseen = {str(row[0]) for row in await con.fetch(
+            "SELECT owner FROM line_processes p WHERE owner <> $1 AND NOT EXISTS "
+            "(SELECT 1 FROM pg_stat_activity a WHERE a.pid = p.session)", self._owner)}
+        self._missing = {owner: self._missing.get(owner, now) for owner in unseen}
+        killed = [owner for owner, since in self._missing.items()
+                  if now - since >= 2 * self._heartbeat]
         gone = [str(row[0]) for row in await con.fetch(
-            f"DELETE FROM line_processes WHERE lease_until < {NOW} RETURNING owner")]
+            f"DELETE FROM line_processes WHERE lease_until < {NOW} OR owner = ANY($1::text[]) "
+            "RETURNING owner", killed)]
         freed = await con.execute(
             "UPDATE line_slots SET job = NULL WHERE job IS NOT NULL AND NOT EXISTS "
             "(SELECT 1 FROM line_jobs j WHERE j.id = line_slots.job AND "
@@ -476,8 +498,10 @@ class PostgresPool(BackendPool):
         if gone or not freed.endswith(" 0"):
             await con.execute("SELECT pg_notify($1, '')", CHANNEL)
         for owner in gone:
-            log.warning("rtxrelay process %s stopped renewing its lease: its place in the "
-                        "line is freed", owner)
+            self._missing.pop(owner, None)
+            log.warning("rtxrelay process %s is gone (%s): its place in the line is freed",
+                        owner, "its connection closed" if owner in killed
+                        else "it stopped renewing its lease")
         return gone
 
     async def _recover(self, gone: list[str]) -> None:
@@ -505,6 +529,10 @@ class PostgresPool(BackendPool):
             raise self._store._explain(exc) from exc
         listener.add_termination_listener(lambda _: self._relisten())
         self._listener = listener
+        # The others know this process is alive while this connection is: it says so now.
+        self._session = listener.get_server_pid()
+        async with self._transaction() as con:
+            await self._renew(con)
 
     def _relisten(self) -> None:
         if not self._closing:

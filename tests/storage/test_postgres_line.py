@@ -81,7 +81,7 @@ async def test_two_processes_share_the_slots_and_one_line(postgres_dsn: Postgres
         fourth = Holder(p1)
         await until(p1, lambda: p1.line == (2, 2))
         await until(p1, lambda: fourth.positions[-1:] == [2])
-        assert third.positions[-1] == 1
+        await until(p2, lambda: third.positions[-1:] == [1])
         # p1's answer ends: the slot goes to the head of the line, p2's job.
         await first.done()
         assert await third.got() == "a"
@@ -165,6 +165,30 @@ async def test_a_dead_process_frees_what_it_held_and_only_that(
         assert await _status(store, mine) is TurnStatus.PENDING  # a live process's: untouched
         await waiting.done()
         held.task.cancel()
+
+
+async def test_a_killed_process_waiting_jobs_never_take_a_backend_from_the_living(
+        postgres_dsn: PostgresDsn) -> None:
+    """Killed, a process's connections close at once while its lease runs on: its jobs ahead
+    in the line are passed over, so the living do not wait out the lease behind idle
+    backends. (Heartbeats far apart here: nothing is swept while the test runs.)"""
+    a = Held("a")
+    async with process(postgres_dsn, "survivor", a, heartbeat=30.0) as (_, survivor):
+        dead_store = PostgresStore(postgres_dsn, owner="dead")
+        await dead_store.open()
+        dead = PostgresPool([Member("a", a, 1)], dead_store, heartbeat=30.0, lease=60.0)
+        await dead.start()
+        running = Holder(survivor)
+        assert await running.got() == "a"
+        ahead = Holder(dead)  # first in line ...
+        await until(survivor, lambda: survivor.line == (1, 1))
+        behind = Holder(survivor)  # ... then the survivor's
+        await until(survivor, lambda: survivor.line == (1, 2))
+        await _vanish(dead, dead_store)
+        await running.done()
+        assert await behind.got() == "a"  # not held for the dead process's job
+        await behind.done()
+        ahead.task.cancel()
 
 
 async def _vanish(pool: PostgresPool, store: PostgresStore) -> None:
