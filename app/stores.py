@@ -52,7 +52,7 @@ def make_pool(store: RelayStore, members: list[Member], *, probe_interval: float
               check_interval: float, lease: float) -> BackendPool:
     """The backends' line: in this process's memory with SQLite; in the database with
     PostgreSQL, shared by every rtxrelay process on it (storage/postgres_line.py)."""
-    if type(store).__name__ != "PostgresStore":  # without importing asyncpg for SQLite
+    if isinstance(store, SqliteStore):  # PostgreSQL's modules (asyncpg) stay unimported
         return BackendPool(members, probe_interval=probe_interval,
                            check_interval=check_interval)
     from rtxrelay.storage.postgres_line import PostgresPool

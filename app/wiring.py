@@ -113,13 +113,16 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
     log.info("settings from %s; database %s", settings.env_file or "the environment only",
              settings.database)
     # With PostgreSQL the processes sharing the line may run on several PCs: a pid names a
-    # process on one of them only, and recovery goes by the line's leases instead.
+    # process on one of them only, and recovery goes by the line's leases (its start()).
     shared = isinstance(settings.database, PostgresDsn)
     owner = f"{socket.gethostname()}/{processes.current()}" if shared else processes.current()
     async with contextlib.AsyncExitStack() as stack:
         store = await stack.enter_async_context(open_store(settings.database, owner=owner))
         if not shared:
-            _recovered(await store.recover_pending(processes.is_alive))
+            recovered = await store.recover_pending(processes.is_alive)
+            if recovered:
+                log.info("marked %d unfinished answer(s) from a previous run as interrupted",
+                         recovered)
         http = await stack.enter_async_context(backend_session())
         child: SupervisedChatRtx | None = None
         if not settings.pool and settings.family is BackendFamily.CHATRTX and \
@@ -136,21 +139,11 @@ async def open_relay(settings: Settings) -> AsyncIterator[Relay]:
                          check_interval=limits.pool_check_interval, lease=settings.line_lease)
         service = ConversationService(pool, store, limits)  # it closes the pool
         stack.push_async_callback(service.close)
-        await pool.start()
-        if shared:
-            from rtxrelay.storage.postgres_line import PostgresPool
-
-            assert isinstance(pool, PostgresPool)
-            live = await pool.live_owners()
-            _recovered(await store.recover_pending(live.__contains__))
+        await pool.start()  # a shared line also recovers the answers of processes gone
         if settings.pool:
             await _first_checks(pool)
         yield Relay(settings, store, service, child)
 
-
-def _recovered(count: int) -> None:
-    if count:
-        log.info("marked %d unfinished answer(s) from a previous run as interrupted", count)
 
 
 async def _first_checks(pool: BackendPool) -> None:

@@ -26,6 +26,7 @@ import os
 import random
 import resource
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,19 +99,28 @@ def _handle(fake: FakeOpenAI, command: dict[str, Any], token_delay: float) -> di
     return {"error": f"unknown command {command!r}"}
 
 
-async def serve(persona: Persona, token_delay: float) -> None:
+async def command_loop(fake: FakeOpenAI, hello: dict[str, Any],
+                       handle: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """The workers' protocol (this one's and ``_serve_fake_upstream``/``_pool_fake_upstream``'s):
+    ``hello`` as the first stdout line, then one JSON answer per stdin command, until stdin
+    closes. A malformed command gets ``{"error": …}``, not an exit."""
     loop = asyncio.get_running_loop()
     stdin = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+    print(json.dumps({"base_url": fake.base_url, "model": MODEL, "pid": os.getpid(), **hello}),
+          flush=True)
+    while line := await stdin.readline():
+        try:
+            answer = handle(json.loads(line))
+        except (ValueError, KeyError, TypeError) as exc:
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(answer), flush=True)
+
+
+async def serve(persona: Persona, token_delay: float) -> None:
     async with FakeOpenAI(persona=persona, models=(MODEL,)) as fake:
-        print(json.dumps({"base_url": fake.base_url, "model": MODEL,
-                          "persona": persona.value, "pid": os.getpid()}), flush=True)
-        while line := await stdin.readline():
-            try:
-                answer = _handle(fake, json.loads(line), token_delay)
-            except (ValueError, KeyError, TypeError) as exc:
-                answer = {"error": f"{type(exc).__name__}: {exc}"}
-            print(json.dumps(answer), flush=True)
+        await command_loop(fake, {"persona": persona.value},
+                           lambda command: _handle(fake, command, token_delay))
 
 
 def main() -> int:

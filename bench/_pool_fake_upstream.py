@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import os
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -37,7 +35,7 @@ for _path in (REPO_DIR, BENCH_DIR):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from _openai_fake_server import MODEL  # noqa: E402
+from _openai_fake_server import MODEL, command_loop  # noqa: E402
 from _serve_fake_upstream import _handle  # noqa: E402
 
 from tests.fakes.openai_api import FakeOpenAI, Persona  # noqa: E402
@@ -82,19 +80,10 @@ def _command(fake: TimedFake, command: dict[str, Any]) -> dict[str, Any]:
 
 
 async def serve(persona: Persona, parallel: int) -> None:
-    loop = asyncio.get_running_loop()
-    stdin = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
     fake = TimedFake(persona=persona, models=(MODEL,), parallel=parallel)
     async with fake:
-        print(json.dumps({"base_url": fake.base_url, "model": MODEL, "persona": persona.value,
-                          "pid": os.getpid(), "parallel": parallel}), flush=True)
-        while line := await stdin.readline():
-            try:
-                answer = _command(fake, json.loads(line))
-            except (ValueError, KeyError, TypeError) as exc:
-                answer = {"error": f"{type(exc).__name__}: {exc}"}
-            print(json.dumps(answer), flush=True)
+        await command_loop(fake, {"persona": persona.value, "parallel": parallel},
+                           lambda command: _command(fake, command))
 
 
 def main() -> int:

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -36,7 +34,7 @@ for _path in (REPO_DIR, BENCH_DIR):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from _openai_fake_server import MODEL, _cpu, answer_pieces  # noqa: E402
+from _openai_fake_server import MODEL, _cpu, answer_pieces, command_loop  # noqa: E402
 
 from tests.fakes.openai_api import FakeOpenAI, Persona, Reply, Usage  # noqa: E402
 
@@ -64,18 +62,8 @@ def _handle(fake: FakeOpenAI, command: dict[str, Any]) -> dict[str, Any]:
 
 
 async def serve(persona: Persona) -> None:
-    loop = asyncio.get_running_loop()
-    stdin = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
     async with FakeOpenAI(persona=persona, models=(MODEL,)) as fake:
-        print(json.dumps({"base_url": fake.base_url, "model": MODEL,
-                          "persona": persona.value, "pid": os.getpid()}), flush=True)
-        while line := await stdin.readline():
-            try:
-                answer = _handle(fake, json.loads(line))
-            except (ValueError, KeyError, TypeError) as exc:
-                answer = {"error": f"{type(exc).__name__}: {exc}"}
-            print(json.dumps(answer), flush=True)
+        await command_loop(fake, {"persona": persona.value}, lambda c: _handle(fake, c))
 
 
 def main() -> int:

@@ -147,6 +147,9 @@ class PostgresPool(BackendPool):
                     member.name, member.capacity)
             await self._sweep(con)
         await self._listen()
+        # Answers left unfinished by processes gone before this one started (all of them
+        # stopped, say): by lease, so a live process's, on whatever PC, are never touched.
+        await self._recover()
         self._spawn(self._hand_out_forever(), "rtxrelay-line")
         self._spawn(self._renew_forever(), "rtxrelay-line-lease")
         self.watch()
@@ -464,7 +467,7 @@ class PostgresPool(BackendPool):
                     await self._renew(con)
                     gone = await self._sweep(con)
                 if gone:
-                    await self._recover(gone)
+                    await self._recover()
             except StorageError as exc:
                 log.warning("could not renew this process's lease in PostgreSQL: %s",
                             exc.message)
@@ -504,14 +507,14 @@ class PostgresPool(BackendPool):
                         else "it stopped renewing its lease")
         return gone
 
-    async def _recover(self, gone: list[str]) -> None:
+    async def _recover(self) -> None:
         """The unfinished answers of processes that are gone are marked interrupted (their
         messages are told so when a bot of their platform starts)."""
         live = await self.live_owners()
         recovered = await self._store.recover_pending(live.__contains__)
         if recovered:
-            log.info("marked %d unfinished answer(s) of %s as interrupted", recovered,
-                     ", ".join(gone))
+            log.info("marked %d unfinished answer(s) of processes that are gone as "
+                     "interrupted", recovered)
 
     # -- plumbing ----------------------------------------------------------------------------
 

@@ -53,13 +53,12 @@ from rtxrelay.core.store import Conversation, MessageRef, StaleAnswer, Turn, Tur
 
 from .dsn import PostgresDsn
 from .postgres_migrations import MIGRATIONS, VERSION_TABLE
+from .rows import TURN_COLUMNS, TURN_COLUMNS_OF_T, stale_answers, statements, turn_of
 
 log = logging.getLogger(__name__)
 
 Connection: TypeAlias = "PoolConnectionProxy[Record]"
 
-_TURN_COLUMNS = ("id, conversation_id, question, answer, backend_answer, status, created_at, "
-                 "prompt_tokens, completion_tokens")
 POOL_MIN, POOL_MAX = 1, 4  # a process asks a few statements at once: its bots' answers
 CONNECT_TIMEOUT = 5.0  # seconds for one connection attempt (TCP, TLS, authentication)
 # A statement unanswered this long (a server gone without closing its connections) fails
@@ -144,11 +143,11 @@ class PostgresStore:
 
     async def recent_turns(self, conversation_id: int, limit: int) -> list[Turn]:
         rows = await self._fetch(
-            f"SELECT {_TURN_COLUMNS} FROM turns WHERE conversation_id = $1 "
+            f"SELECT {TURN_COLUMNS} FROM turns WHERE conversation_id = $1 "
             "ORDER BY id DESC LIMIT $2",
             conversation_id, max(0, limit),
         )
-        return [_turn(r) for r in reversed(rows)]
+        return [turn_of(r) for r in reversed(rows)]
 
     async def add_question(self, conversation_id: int, question: str) -> int:
         return await self._insert(
@@ -192,12 +191,7 @@ class PostgresStore:
             "SELECT t.id, COALESCE(t.answer, ''), m.platform, m.chat, m.message "
             "FROM turns t JOIN messages m ON m.turn_id = t.id "
             "WHERE t.stale = 1 AND m.platform = $1 ORDER BY t.id, m.rowid", platform)
-        found: dict[int, StaleAnswer] = {}
-        for turn_id, text, *ref in rows:
-            earlier = found.get(turn_id)
-            refs = (earlier.messages if earlier else ()) + (MessageRef(*map(str, ref)),)
-            found[turn_id] = StaleAnswer(int(turn_id), str(text), refs)
-        return list(found.values())
+        return stale_answers(rows)
 
     async def mark_told(self, turn_id: int) -> None:
         await self._execute("UPDATE turns SET stale = 0 WHERE id = $1", turn_id)
@@ -239,12 +233,12 @@ class PostgresStore:
     async def turns_for_key(self, key: str) -> list[Turn]:
         """Every turn of every conversation of ``key`` (for tests and export)."""
         rows = await self._fetch(
-            f"SELECT {', '.join('t.' + c.strip() for c in _TURN_COLUMNS.split(','))} "
+            f"SELECT {TURN_COLUMNS_OF_T} "
             "FROM turns t JOIN conversations c ON c.id = t.conversation_id "
             "WHERE c.key = $1 ORDER BY t.id",
             key,
         )
-        return [_turn(r) for r in rows]
+        return [turn_of(r) for r in rows]
 
     async def check_writable(self) -> None:
         """Write and roll back, so ``doctor`` can tell a read-only server or a user without
@@ -403,7 +397,7 @@ class PostgresStore:
                         )
                     if version == len(MIGRATIONS):
                         return
-                    for statement in _statements(MIGRATIONS[version]):
+                    for statement in statements(MIGRATIONS[version]):
                         await con.execute(statement)
                     await con.execute(
                         f"INSERT INTO {VERSION_TABLE} (version, applied_at) VALUES ($1, $2)",
@@ -503,19 +497,3 @@ def _row_count(status: str) -> int:
     return int(count) if count.isdigit() else 0
 
 
-def _turn(row: Record) -> Turn:
-    return Turn(
-        id=int(row[0]),
-        conversation_id=int(row[1]),
-        question=str(row[2]),
-        answer=row[3],
-        backend_answer=row[4],
-        status=TurnStatus(row[5]),
-        created_at=float(row[6]),
-        usage=Usage(int(row[7]), int(row[8])) if row[7] is not None and row[8] is not None
-        else None,
-    )
-
-
-def _statements(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]

@@ -23,9 +23,7 @@ from rtxrelay.core.i18n import Language
 from rtxrelay.core.store import Conversation, MessageRef, StaleAnswer, Turn, TurnStatus
 
 from .migrations import MIGRATIONS
-
-_TURN_COLUMNS = ("id, conversation_id, question, answer, backend_answer, status, created_at, "
-                 "prompt_tokens, completion_tokens")
+from .rows import TURN_COLUMNS, TURN_COLUMNS_OF_T, stale_answers, statements, turn_of
 
 
 class SqliteStore:
@@ -90,10 +88,10 @@ class SqliteStore:
 
     async def recent_turns(self, conversation_id: int, limit: int) -> list[Turn]:
         rows = await self._all(
-            f"SELECT {_TURN_COLUMNS} FROM turns WHERE conversation_id = ? ORDER BY id DESC LIMIT ?",
+            f"SELECT {TURN_COLUMNS} FROM turns WHERE conversation_id = ? ORDER BY id DESC LIMIT ?",
             (conversation_id, max(0, limit)),
         )
-        return [_turn(r) for r in reversed(rows)]
+        return [turn_of(r) for r in reversed(rows)]
 
     async def add_question(self, conversation_id: int, question: str) -> int:
         cursor = await self._write(
@@ -139,12 +137,7 @@ class SqliteStore:
             "SELECT t.id, COALESCE(t.answer, ''), m.platform, m.chat, m.message "
             "FROM turns t JOIN messages m ON m.turn_id = t.id "
             "WHERE t.stale = 1 AND m.platform = ? ORDER BY t.id, m.rowid", (platform,))
-        found: dict[int, StaleAnswer] = {}
-        for turn_id, text, *ref in rows:
-            earlier = found.get(turn_id)
-            refs = (earlier.messages if earlier else ()) + (MessageRef(*map(str, ref)),)
-            found[turn_id] = StaleAnswer(int(turn_id), str(text), refs)
-        return list(found.values())
+        return stale_answers(rows)
 
     async def mark_told(self, turn_id: int) -> None:
         await self._write("UPDATE turns SET stale = 0 WHERE id = ?", (turn_id,))
@@ -185,12 +178,12 @@ class SqliteStore:
     async def turns_for_key(self, key: str) -> list[Turn]:
         """Every turn of every conversation of ``key`` (for tests and export)."""
         rows = await self._all(
-            f"SELECT {', '.join('t.' + c.strip() for c in _TURN_COLUMNS.split(','))} "
+            f"SELECT {TURN_COLUMNS_OF_T} "
             "FROM turns t JOIN conversations c ON c.id = t.conversation_id "
             "WHERE c.key = ? ORDER BY t.id",
             (key,),
         )
-        return [_turn(r) for r in rows]
+        return [turn_of(r) for r in rows]
 
     async def check_writable(self) -> None:
         """Write and roll back, so ``doctor`` can tell a read-only or locked file."""
@@ -228,7 +221,7 @@ class SqliteStore:
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             await db.execute("BEGIN IMMEDIATE")
             try:
-                for statement in _statements(script):
+                for statement in statements(script):
                     await db.execute(statement)
                 await db.execute(f"PRAGMA user_version = {number}")
                 await db.execute("COMMIT")
@@ -303,19 +296,3 @@ def _create_private(path: Path) -> None:
         path.chmod(0o600)
 
 
-def _turn(row: sqlite3.Row) -> Turn:
-    return Turn(
-        id=int(row[0]),
-        conversation_id=int(row[1]),
-        question=str(row[2]),
-        answer=row[3],
-        backend_answer=row[4],
-        status=TurnStatus(row[5]),
-        created_at=float(row[6]),
-        usage=Usage(int(row[7]), int(row[8])) if row[7] is not None and row[8] is not None
-        else None,
-    )
-
-
-def _statements(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]

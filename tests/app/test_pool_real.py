@@ -24,6 +24,7 @@ from rtxrelay.core.store import ConversationKey, TurnStatus
 from rtxrelay.storage.sqlite_store import SqliteStore
 from tests.llama.server import LlamaServer
 from tests.replica.launcher import Replica, free_port
+from tests.support.backends_toml import backends_toml, replicas
 
 WAIT = 60.0
 SLOW = "[delay=0.03] [len=500] "  # a replica answer of a few seconds: a line forms behind it
@@ -70,21 +71,11 @@ async def test_two_replicas_and_llama_cpp_answer_at_once_and_the_rest_wait_in_on
         tmp_path: Path, llama: LlamaServer) -> None:
     async with Replica("4.26", token_delay=0.01) as desk, \
             Replica("4.26", token_delay=0.01) as laptop:
-        settings = pool_settings(tmp_path, f"""
-[[backend]]
-name = "desk"
-RTX_URL = "{desk.url}"
-
-[[backend]]
-name = "laptop"
-RTX_URL = "{laptop.url}"
-
-[[backend]]
-name = "llama"
-OPENAI_BASE_URL = "{llama.base_url}"
-MAX_CONCURRENT_JOBS = 1
-OPENAI_MAX_TOKENS = 48
-""")
+        settings = pool_settings(tmp_path, replicas(desk=desk.url, laptop=laptop.url) + "\n" +
+                                 backends_toml({"name": "llama",
+                                                "OPENAI_BASE_URL": llama.base_url,
+                                                "MAX_CONCURRENT_JOBS": 1,
+                                                "OPENAI_MAX_TOKENS": 48}))
         async with open_relay(settings) as relay:
             pool = relay.service.pool
             assert [(m.name, m.capacity, m.state) for m in pool.members] == [
@@ -110,15 +101,7 @@ async def test_a_replica_killed_mid_line_loses_nothing_and_is_probed_back_in(
     desk_port = free_port()
     async with Replica("4.26", token_delay=0.02, port=desk_port, cookie="desk") as desk, \
             Replica("4.26", token_delay=0.02) as laptop:
-        settings = pool_settings(tmp_path, f"""
-[[backend]]
-name = "desk"
-RTX_URL = "{desk.url}"
-
-[[backend]]
-name = "laptop"
-RTX_URL = "{laptop.url}"
-""")
+        settings = pool_settings(tmp_path, replicas(desk=desk.url, laptop=laptop.url))
         async with open_relay(settings) as relay:
             service, pool = relay.service, relay.service.pool
             first = Asked(service, "ada", "hello")
@@ -195,16 +178,9 @@ async def test_another_pc_joins_by_running_rtxrelay_serve_with_a_key(tmp_path: P
                                             stop, ready=listening.set_result))
         try:
             url = await asyncio.wait_for(asyncio.shield(listening), WAIT)
-            settings = pool_settings(tmp_path, f"""
-[[backend]]
-name = "office"
-OPENAI_BASE_URL = "{url}"
-OPENAI_API_KEY = "office-key"
-
-[[backend]]
-name = "desk"
-RTX_URL = "{local_rtx.url}"
-""")
+            settings = pool_settings(tmp_path, backends_toml(
+                {"name": "office", "OPENAI_BASE_URL": url, "OPENAI_API_KEY": "office-key"},
+                {"name": "desk", "RTX_URL": local_rtx.url}))
             async with open_relay(settings) as relay:
                 pool = relay.service.pool
                 assert [(m.name, m.capacity, m.state) for m in pool.members] == [

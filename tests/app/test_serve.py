@@ -26,6 +26,7 @@ from rtxrelay.backends.openai.settings import OpenAiSettings
 from rtxrelay.core.backend import AnswerOptions, Backend, Done
 from rtxrelay.core.conversation import ConversationLimits, ConversationService
 from rtxrelay.core.errors import ConfigError
+from rtxrelay.core.pool import BackendPool, Member
 from rtxrelay.storage.sqlite_store import SqliteStore
 from tests.app.test_cli import run_cli
 from tests.fakes.openai_api import FakeOpenAI, Persona, Reply
@@ -51,7 +52,8 @@ class Api:
 
 
 @contextlib.asynccontextmanager
-async def serving(make_backend: Callable[[aiohttp.ClientSession], Backend], tmp_path: Path,
+async def serving(make_backend: Callable[[aiohttp.ClientSession], Backend | BackendPool],
+                  tmp_path: Path,
                   *, jobs: int = 1, **settings: object) -> AsyncIterator[Api]:
     async with aiohttp.ClientSession(trust_env=False) as http, \
             SqliteStore(tmp_path / "api.db") as store:
@@ -459,3 +461,23 @@ async def test_requests_arriving_together_ask_the_backend_for_its_models_once(
         listings = await asyncio.gather(*(client.models.list() for _ in range(10)))
         assert all([m.id for m in listing.data] == ["llama3.2:latest"] for listing in listings)
         assert sum(r.path.endswith("/models") for r in fake.requests) - before == 1
+
+
+async def test_a_pool_lists_every_backends_models_and_routes_a_request_by_its_model(
+        tmp_path: Path) -> None:
+    """README, 'Several backends': /v1/models lists every backend's models, and a request
+    naming a model goes to a backend that serves it (here the second, the first being idle)."""
+    async with FakeOpenAI(persona=Persona.OLLAMA, models=("llama3.2",)) as small, \
+            FakeOpenAI(persona=Persona.OLLAMA, models=("qwen3",)) as big:
+        def pool(http: aiohttp.ClientSession) -> BackendPool:
+            return BackendPool([
+                Member("small", OpenAiBackend(http, OpenAiSettings(small.base_url)), 1),
+                Member("big", OpenAiBackend(http, OpenAiSettings(big.base_url)), 1)])
+
+        async with serving(pool, tmp_path) as api, api.client() as client:
+            listed = [m.id async for m in client.models.list()]
+            assert listed == ["llama3.2:latest", "qwen3:latest"]
+            big.script(Reply(["from ", "big"]))
+            text, _ = await streamed(client, ask("hello"), model="qwen3:latest")
+            assert text == "from big"
+            assert len(big.chat_requests) == 1 and small.chat_requests == []

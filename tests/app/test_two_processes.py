@@ -20,6 +20,7 @@ import pytest
 
 from rtxrelay.storage.dsn import PostgresDsn
 from tests.replica.launcher import Replica
+from tests.support.backends_toml import replicas
 from tests.support.postgres import PostgresServer
 
 WAIT = 60.0
@@ -109,15 +110,7 @@ def running(health: dict[str, Any]) -> dict[str, int]:
 @contextlib.asynccontextmanager
 async def two_processes(tmp_path: Path, dsn: PostgresDsn, desk: Replica,
                         laptop: Replica) -> AsyncIterator[tuple[ServeProcess, ServeProcess]]:
-    backends = f"""
-[[backend]]
-name = "desk"
-RTX_URL = "{desk.url}"
-
-[[backend]]
-name = "laptop"
-RTX_URL = "{laptop.url}"
-"""
+    backends = replicas(desk=desk.url, laptop=laptop.url)
     async with ServeProcess(tmp_path / "a", dsn, backends) as a, \
             ServeProcess(tmp_path / "b", dsn, backends) as b:
         yield a, b
