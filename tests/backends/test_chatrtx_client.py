@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
@@ -276,7 +277,91 @@ async def test_stream_cut_mid_event(rtx_426: Replica, http: aiohttp.ClientSessio
     assert "middle of a message" in final.error.message
 
 
-# -- Gradio's stale diff state after a failed job -------------------------------------------------
+# -- the answer stream's framing -----------------------------------------------------------------
+
+
+class StreamRelay:
+    """A TCP relay in front of the replica that keeps both directions' bytes. With
+    ``as_http11`` it rewrites the answer stream's request to HTTP/1.1, so the server answers
+    it chunked (as a server that ignores an HTTP/1.0 request would)."""
+
+    STREAM_REQUEST = re.compile(rb"(GET /queue/data[^\r\n]*) HTTP/1\.0\r\n")
+
+    def __init__(self, port: int, *, as_http11: bool) -> None:
+        self._port = port
+        self._as_http11 = as_http11
+        self.sent = bytearray()  # what the client sent, one connection after another
+        self.received = bytearray()  # what the server answered, likewise
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def request_lines(self) -> list[bytes]:
+        # Not from a line's start: a request may follow a POST's body on its connection.
+        return re.findall(rb"(?:GET|POST) /[^\r\n]* HTTP/1\.[01]", bytes(self.sent))
+
+    def stream_reply_heads(self) -> list[bytes]:
+        heads = re.findall(rb"HTTP/1\.[01] [^\r\n]*\r\n(?:[^\r\n]+\r\n)*", bytes(self.received))
+        return [head for head in heads if b"text/event-stream" in head.lower()]
+
+    async def _relay(self, client_in: asyncio.StreamReader,
+                     client_out: asyncio.StreamWriter) -> None:
+        server_in, server_out = await asyncio.open_connection("127.0.0.1", self._port)
+        sent, received = bytearray(), bytearray()  # this connection's
+        for pipe in (self._pipe(client_in, server_out, sent, self._as_http11, self.sent),
+                     self._pipe(server_in, client_out, received, False, self.received)):
+            task = asyncio.create_task(pipe)
+            self._tasks.add(task)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    kept: bytearray, rewrite: bool, all_kept: bytearray) -> None:
+        try:
+            while data := await reader.read(65536):
+                kept += data
+                if rewrite:  # aiohttp writes a request's header block at once
+                    data = self.STREAM_REQUEST.sub(rb"\1 HTTP/1.1\r\n", data)
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            all_kept += kept
+
+
+@pytest.mark.parametrize("as_http11", [False, True], ids=["http-1.0", "chunked-anyway"])
+async def test_the_answer_stream_is_asked_in_http_1_0_and_read_alike_if_chunked(
+    rtx_426: Replica, http: aiohttp.ClientSession, as_http11: bool
+) -> None:
+    """The stream is requested in HTTP/1.0 so Gradio sends it unchunked (aiohttp handles
+    every HTTP chunk in Python: one per message); a server that chunks it anyway works too."""
+    assert rtx_426.port is not None and rtx_426.url is not None
+    relay = StreamRelay(rtx_426.port, as_http11=as_http11)
+    async with relay as address:
+        backend = backend_for(http, rtx_426.url.replace(f"127.0.0.1:{rtx_426.port}", address))
+        question = "stream me [len=3000]"
+        updates = await collect(backend, question)
+    final = updates[-1]
+    assert isinstance(final, Done) and final.raw == fake_model.answer_text(question, [])
+    texts = [u for u in updates if isinstance(u, TextSoFar)]
+    assert texts and "".join(u.delta for u in texts) == texts[-1].text
+    assert final.text.startswith(texts[-1].text)
+    # The session check's stream and the answer's.
+    lines = relay.request_lines()
+    streams = [line for line in lines if line.startswith(b"GET /queue/data")]
+    assert len(streams) == 2 and all(line.endswith(b" HTTP/1.0") for line in streams)
+    assert all(line.endswith(b" HTTP/1.1") for line in lines if line not in streams)
+    replies = relay.stream_reply_heads()
+    assert len(replies) == 2 and all(head.startswith(b"HTTP/1.1 200") for head in replies)
+    assert all((b"transfer-encoding: chunked" in head.lower()) is as_http11 for head in replies)
 
 
 async def test_the_question_after_a_model_error_is_answered_whole(
