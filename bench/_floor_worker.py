@@ -6,20 +6,25 @@
 
 BODY is the raw ``/queue/data`` body of one answer as rtxrelay read it (``_rtxrelay_worker.py
 --dump``), with BODY.json beside it (each read's arrival time and size). The worker starts a
-minimal HTTP/1.1 server (asyncio streams) in a child process (``--serve``: its CPU is not
-ours) that answers ``GET /stream`` with that body framed as Gradio frames it (chunked, one
-HTTP chunk per SSE event: aiohttp's reader does some work per chunk), then reads it here with
-a minimal aiohttp reader: ``readany()`` in a loop, split the buffer at blank lines,
+minimal HTTP server (asyncio streams) in a child process (``--serve``: its CPU is not ours)
+that answers ``GET /stream`` with that body framed as Gradio (uvicorn) frames it for the
+request: to rtxrelay's HTTP/1.0 request (``Connection: close``) the plain bytes until it
+closes the connection; to an HTTP/1.1 one, one HTTP chunk per SSE event (``once-chunked``,
+``once-1chunk``: aiohttp's reader does some work per chunk, which asking HTTP/1.0 avoids).
+It reads it here with a minimal aiohttp reader: ``readany()`` in a loop, split the buffer at
+blank lines,
 ``json.loads`` (or ``orjson.loads``, what rtxrelay decodes events with) each event's ``data:``,
 nothing else: no diffs applied, no text rebuilt, no timeouts. Only the reading side is
 measured (``getrusage(RUSAGE_SELF)`` of this process), from the request to the end of the
 body, on a connection a first ``GET /warm`` opened (and warmed aiohttp's code).
 
 Delivery (``--delivery``):
-- ``once`` (default): the whole framed response in one write, so the reader finds it all
-  (or as much as one ``recv`` takes) at each read;
-- ``once-1chunk``: the same body as a single HTTP chunk, to show aiohttp's per-chunk share;
-- ``paced``: one SSE event per write (one HTTP chunk each, as Gradio sends them) on the
+- ``once`` (default): the whole response in one write, so the reader finds it all (or as much
+  as one ``recv`` takes) at each read; plain bytes over HTTP/1.0, as rtxrelay asks for it;
+- ``once-chunked``: the same in HTTP/1.1, one HTTP chunk per event (what a client that asks
+  in HTTP/1.1 gets from Gradio), to show aiohttp's per-chunk share;
+- ``once-1chunk``: HTTP/1.1, the body as a single HTTP chunk;
+- ``paced``: one SSE event per write (HTTP/1.0, plain, as rtxrelay reads Gradio) on the
   captured stream's own schedule: the events before the first text at once,
   then the ``process_generating`` events evenly spaced at the captured pace (the time from the
   read that brought the first one to the read that brought ``process_completed``, divided by
@@ -57,7 +62,10 @@ from _measure import Result, checkpoint, startup_wall
 
 GENERATING = b'"msg":"process_generating"'
 COMPLETED = b'"msg":"process_completed"'
-DELIVERIES = ("once", "once-1chunk", "paced")
+DELIVERIES = ("once", "once-chunked", "once-1chunk", "paced")
+# Deliveries the reader asks for in HTTP/1.1 (so the server chunks them); the others in
+# HTTP/1.0 with Connection: close, as rtxrelay asks for Gradio's answer stream.
+CHUNKED = ("once-chunked", "once-1chunk")
 # rtxrelay's hold condition (backends/paced_reads.py), restated: a window must be expected to
 # gather this many events, and a read this large (a backlog) is never followed by a hold.
 GATHER = 1.5
@@ -100,6 +108,9 @@ def captured_schedule(body_path: Path) -> tuple[float, float, int]:
 
 HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n")
+# uvicorn's reply to an HTTP/1.0 request: no chunks, the end of the body is the close.
+PLAIN_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+              b"Cache-Control: no-cache\r\nConnection: close\r\n\r\n")
 WARM = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 4\r\n\r\nwarm"
 LAST_CHUNK = b"0\r\n\r\n"
 
@@ -110,14 +121,18 @@ def chunk(data: bytes) -> bytes:
 
 
 async def serve(body: bytes, delivery: str, schedule: tuple[float, float, int] | None) -> None:
-    """A minimal HTTP/1.1 server on asyncio streams: it chunks the body as Gradio (uvicorn)
-    does, one HTTP chunk per SSE event, and sends it in one write ("once"), as a single chunk
-    ("once-1chunk"), or one event per write on the capture's schedule ("paced")."""
+    """A minimal HTTP server on asyncio streams: it sends the body plain, as Gradio (uvicorn)
+    answers an HTTP/1.0 request, in one write ("once") or one event per write on the
+    capture's schedule ("paced"); or chunked as it answers HTTP/1.1, one HTTP chunk per SSE
+    event ("once-chunked") or one for all ("once-1chunk")."""
     events = split_events(body)
     lead, pace, _ = schedule or (0.0, 0.0, 0)
 
     async def stream(writer: asyncio.StreamWriter) -> None:
         if delivery == "once":
+            writer.write(PLAIN_HEAD + body)
+            return
+        if delivery == "once-chunked":
             writer.write(HEAD + b"".join(chunk(event) for event in events) + LAST_CHUNK)
             return
         if delivery == "once-1chunk":
@@ -125,7 +140,7 @@ async def serve(body: bytes, delivery: str, schedule: tuple[float, float, int] |
             return
         loop = asyncio.get_running_loop()
         started = loop.time()
-        writer.write(HEAD)
+        writer.write(PLAIN_HEAD)
         texts = 0
         for event in events:
             if GENERATING in event[:60]:
@@ -138,9 +153,8 @@ async def serve(body: bytes, delivery: str, schedule: tuple[float, float, int] |
             wait = due - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
-            writer.write(chunk(event))
+            writer.write(event)
             await writer.drain()
-        writer.write(LAST_CHUNK)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -150,6 +164,8 @@ async def serve(body: bytes, delivery: str, schedule: tuple[float, float, int] |
                     writer.write(WARM)
                 else:
                     await stream(writer)
+                    if delivery not in CHUNKED:
+                        break  # a plain body ends with the connection
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the reader closed the connection
@@ -166,21 +182,23 @@ async def serve(body: bytes, delivery: str, schedule: tuple[float, float, int] |
 # -- the reader (this process, measured) ------------------------------------------------------
 
 
-async def read(base: str, loads: Callable[[bytes], Any], window: float,
+async def read(base: str, loads: Callable[[bytes], Any], window: float, chunked: bool,
                result: Result) -> None:
     loop = asyncio.get_running_loop()
     counts = LoopCounts()
     count_loop(loop, counts)
     count_socket_reads(counts)
-    async with aiohttp.ClientSession() as http:
-        async with http.get(base + "/warm") as warm:
+    version = aiohttp.HttpVersion11 if chunked else aiohttp.HttpVersion10
+    async with aiohttp.ClientSession(version=version) as http:
+        async with http.get(base + "/warm") as warm:  # keeps its connection for /stream
             await warm.read()
         counts.reset()
         reads = events = size = holds = 0
         text_since: float | None = None  # when the first read with text came
         text_events = 0  # events read since then (that first read's not counted)
         start = checkpoint()
-        async with http.get(base + "/stream") as response:
+        headers = {} if chunked else {"Connection": "close"}  # rtxrelay's request
+        async with http.get(base + "/stream", headers=headers) as response:
             connection = response.connection
             transport = connection.transport if connection is not None else None
             buffer = b""
@@ -265,7 +283,8 @@ def main() -> int:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert server.stdout is not None
         port = int(server.stdout.readline())
-        asyncio.run(read(f"http://127.0.0.1:{port}", loads, args.read_window, result))
+        asyncio.run(read(f"http://127.0.0.1:{port}", loads, args.read_window,
+                         args.delivery in CHUNKED, result))
         got = result.messages.get("events", 0)
         result.ok = got == expected and result.extra.get("stream_bytes") == len(body)
         if not result.ok:

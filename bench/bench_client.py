@@ -74,17 +74,18 @@ SCRIPT = "gradio_client script"
 # the wiring for `ask` and the bots' secrets for its log redaction.
 ASK_IMPORTS = "import rtxrelay.app.cli, rtxrelay.app.wiring, rtxrelay.bots"
 # The floor's variants: (delivery, parser), see _floor_worker.py. "once": the whole stream in
-# one write, framed as Gradio frames it (an HTTP chunk per event); "once-1chunk": the same as
-# one HTTP chunk; "paced": an event per write at the capture's own pace, read as it comes;
+# one write, plain, as Gradio answers rtxrelay's HTTP/1.0 request; "once-chunked": the same
+# framed as Gradio answers HTTP/1.1 (an HTTP chunk per event, what rtxrelay no longer reads);
+# "paced": an event per write at the capture's own pace, read as it comes;
 # "paced-window": the same replay, the socket paused for rtxrelay's read window after a read
 # with text, on PacedReads' condition (restated in the floor worker, not imported). orjson is
 # what rtxrelay decodes events with (backends/json_events.py); json is there to compare.
-FLOORS = (("once", "json"), ("once", "orjson"), ("once-1chunk", "json"), ("paced", "json"),
+FLOORS = (("once", "json"), ("once", "orjson"), ("once-chunked", "json"), ("paced", "json"),
           ("paced", "orjson"), ("paced-window", "orjson"))
 # At the slow pace the paced floors take the answer's whole wall time each: fewer of them.
 PACE_FLOORS_ONCE = FLOORS[:3]
 PACE_FLOORS_PACED = (("paced", "json"), ("paced-window", "orjson"))
-FLOOR_LABELS = {"once": "once", "once-1chunk": "once-1chunk", "paced": "paced",
+FLOOR_LABELS = {"once": "once", "once-chunked": "once HTTP/1.1-chunked", "paced": "paced",
                 "paced-window": "paced same window"}
 # The goals' floors: the same decoder as rtxrelay, all at once (the absolute limit) and at the
 # answer's pace with the same read window (the limit at that pace and window).
