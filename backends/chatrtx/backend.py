@@ -256,60 +256,56 @@ class ChatRtxBackend:
         options: AnswerOptions | None = None, read_window: float = 0.0,
     ) -> AsyncGenerator[BackendUpdate, None]:
         """``options`` are not Chat with RTX's to honour (no system prompt, no sampling
-        settings in its UI): the service emulates ``stop`` and ``max_tokens``."""
-        async with contextlib.aclosing(
-                self._answer_once(question, history, session, read_window)) as first:
-            async for update in first:
-                # Nothing shown yet and Chat with RTX moved (a new RTX_URL): ask it there.
-                if isinstance(update, Failed) and not update.partial_text and \
-                        self._retarget(update.error):
-                    break
-                yield update
-            else:
-                return
-        async with contextlib.aclosing(
-                self._answer_once(question, history, session, read_window)) as again:
-            async for update in again:
-                yield update
+        settings in its UI): the service emulates ``stop`` and ``max_tokens``.
 
-    async def _answer_once(
-        self, question: str, history: Sequence[Exchange], session: str, read_window: float
-    ) -> AsyncGenerator[BackendUpdate, None]:
-        text = ""
-        converter = StreamingConverter()
-        try:
-            app, chat = await self._connect()
-            if not self._validated:
-                await self._validate(app, chat, session)
-            data = self._inputs(app, chat, question, history)
-            async for event in self._client.run(
-                app, chat.fn_index, data, session_hash=session, trigger_id=chat.trigger_id,
-                read_window=read_window,
-            ):
-                if isinstance(event, JobQueued):
-                    # Gradio's rank counts the jobs waiting ahead (0 = next): every question
-                    # gets a rank-0 estimation, so only one with somebody ahead is news.
-                    if event.rank > 0:
-                        yield Queued(event.rank + 1, event.queue_size, event.eta)
-                elif isinstance(event, JobStarted):
-                    yield Started()
-                elif isinstance(event, JobOutput):
-                    raw, appended = self._answer(chat, event)
-                    if event.final:
-                        converted = convert_answer(raw)
-                        yield Done(converted.text, raw, converted.references)
-                        return
-                    change = converter.feed(raw, appended)
-                    if change is not None:
-                        text = change.text
-                        yield TextSoFar(change.text, change.delta)
-            raise BackendError(
-                BackendErrorKind.STOPPED, "The answer stream ended without a final answer."
-            )
-        except BackendError as error:
-            self._forget()
-            self._stalled |= error.kind is BackendErrorKind.STUCK
-            yield Failed(error, partial_text=text)
+        One generator between the client's and the caller (each update passes through every
+        generator frame): a second try, when Chat with RTX moved, is a turn of the loop."""
+        may_retarget = True
+        while True:
+            text = ""
+            converter = StreamingConverter()
+            try:
+                app, chat = await self._connect()
+                if not self._validated:
+                    await self._validate(app, chat, session)
+                data = self._inputs(app, chat, question, history)
+                # Closed here when the caller stops: the job's cancel is sent before this
+                # generator (and the backend's slot) is done.
+                async with contextlib.aclosing(self._client.run(
+                    app, chat.fn_index, data, session_hash=session, trigger_id=chat.trigger_id,
+                    read_window=read_window,
+                )) as events:
+                    async for event in events:
+                        if isinstance(event, JobQueued):
+                            # Gradio's rank counts the jobs waiting ahead (0 = next): every
+                            # question gets a rank-0 estimation, so only one with somebody
+                            # ahead is news.
+                            if event.rank > 0:
+                                yield Queued(event.rank + 1, event.queue_size, event.eta)
+                        elif isinstance(event, JobStarted):
+                            yield Started()
+                        elif isinstance(event, JobOutput):
+                            raw, appended = self._answer(chat, event)
+                            if event.final:
+                                converted = convert_answer(raw)
+                                yield Done(converted.text, raw, converted.references)
+                                return
+                            change = converter.feed(raw, appended)
+                            if change is not None:
+                                text = change.text
+                                yield TextSoFar(change.text, change.delta)
+                raise BackendError(
+                    BackendErrorKind.STOPPED, "The answer stream ended without a final answer."
+                )
+            except BackendError as error:
+                self._forget()
+                self._stalled |= error.kind is BackendErrorKind.STUCK
+                # Nothing shown yet and Chat with RTX moved (a new RTX_URL): ask it there.
+                if may_retarget and not text and self._retarget(error):
+                    may_retarget = False
+                    continue
+                yield Failed(error, partial_text=text)
+                return
 
     async def _check_questions_move(self, app: GradioApp, chat: ChatFunction) -> None:
         """Whether Chat with RTX takes up a question again after a stall. Its page and its

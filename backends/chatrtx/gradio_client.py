@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncGenerator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -228,8 +228,52 @@ class GradioQueueClient:
             # Join first, then follow: Gradio buffers a session's messages until its stream
             # connects, exactly as the web UI relies on.
             state.event_id = await self._join(app, fn_index, data, session_hash, trigger_id)
-            async for event in self._follow(app, session_hash, state, deadline, read_window):
-                yield event
+            # Followed here, not in a generator of its own: every read's events would pass
+            # through one more generator frame.
+            url = app.queue_url + "/data"
+            with self._mapped_errors(_Step.STREAM):
+                async with self._stream_session() as session, session.get(
+                    url,
+                    params={"session_hash": session_hash},
+                    # Close, said outright: a server that keeps an HTTP/1.0 connection alive
+                    # on request could not frame the stream and would never end it.
+                    headers={**self._headers, "Accept": "text/event-stream",
+                             "Connection": "close"},
+                    ssl=self._ssl,
+                    timeout=aiohttp.ClientTimeout(total=None, connect=self.timeouts.connect,
+                                                  sock_connect=self.timeouts.connect),
+                ) as resp:
+                    if resp.status != 200:
+                        raise BackendError(
+                            BackendErrorKind.PROTOCOL,
+                            f"Opening the answer stream failed: HTTP {resp.status}.",
+                        )
+                    parser = SseParser()
+                    timer = _Deadline(asyncio.get_running_loop())
+                    paced = PacedReads(resp, read_window)
+                    queued = False
+                    try:
+                        while True:
+                            chunk = await self._read(resp, timer, state.started, queued,
+                                                     deadline)
+                            if not chunk:
+                                raise self._stream_ended(parser)
+                            payloads = parser.feed(chunk)
+                            events, failure = self._read_events(app, payloads, state)
+                            if failure is None and not state.finished and events and \
+                                    isinstance(events[-1], JobOutput):
+                                # Text flows: let the next tokens gather.
+                                paced.hold(len(chunk), len(payloads))
+                            for event in events:
+                                queued |= isinstance(event, JobQueued)
+                                yield event
+                            if failure is not None:
+                                raise failure
+                            if state.finished:
+                                return
+                    finally:
+                        paced.close()
+                        timer.close()
         finally:
             if state.event_id and not state.finished:
                 await asyncio.shield(self._cancel(app, fn_index, session_hash, state.event_id))
@@ -279,54 +323,6 @@ class GradioQueueClient:
                         f"Joining the queue returned no event id: {_short(text)}",
                     ) from exc
         return str(event_id)
-
-    async def _follow(
-        self, app: GradioApp, session_hash: str, state: _JobState, deadline: float,
-        read_window: float,
-    ) -> AsyncIterator[JobEvent]:
-        url = app.queue_url + "/data"
-        with self._mapped_errors(_Step.STREAM):
-            async with self._stream_session() as session, session.get(
-                url,
-                params={"session_hash": session_hash},
-                # Close, said outright: a server that keeps an HTTP/1.0 connection alive on
-                # request could not frame the stream and would never end it.
-                headers={**self._headers, "Accept": "text/event-stream", "Connection": "close"},
-                ssl=self._ssl,
-                timeout=aiohttp.ClientTimeout(
-                    total=None, connect=self.timeouts.connect, sock_connect=self.timeouts.connect
-                ),
-            ) as resp:
-                if resp.status != 200:
-                    raise BackendError(
-                        BackendErrorKind.PROTOCOL,
-                        f"Opening the answer stream failed: HTTP {resp.status}.",
-                    )
-                parser = SseParser()
-                timer = _Deadline(asyncio.get_running_loop())
-                paced = PacedReads(resp, read_window)
-                queued = False
-                try:
-                    while True:
-                        chunk = await self._read(resp, timer, state.started, queued, deadline)
-                        if not chunk:
-                            raise self._stream_ended(parser)
-                        payloads = parser.feed(chunk)
-                        events, failure = self._read_events(app, payloads, state)
-                        if failure is None and not state.finished and events and \
-                                isinstance(events[-1], JobOutput):
-                            # Text flows: let the next tokens gather.
-                            paced.hold(len(chunk), len(payloads))
-                        for event in events:
-                            queued |= isinstance(event, JobQueued)
-                            yield event
-                        if failure is not None:
-                            raise failure
-                        if state.finished:
-                            return
-                finally:
-                    paced.close()
-                    timer.close()
 
     def _read_events(
         self, app: GradioApp, payloads: Iterable[str], state: _JobState

@@ -347,7 +347,7 @@ async def test_the_answer_stream_is_asked_in_http_1_0_and_read_alike_if_chunked(
     relay = StreamRelay(rtx_426.port, as_http11=as_http11)
     async with relay as address:
         backend = backend_for(http, rtx_426.url.replace(f"127.0.0.1:{rtx_426.port}", address))
-        question = "stream me [len=3000]"
+        question = "stream me [len=600] [delay=0.01]"  # paced: text arrives in several reads
         updates = await collect(backend, question)
     final = updates[-1]
     assert isinstance(final, Done) and final.raw == fake_model.answer_text(question, [])
