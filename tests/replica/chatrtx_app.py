@@ -635,4 +635,7 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    # Gradio wraps every call in matplotlib's "agg" backend: left to pick its default backend,
+    # matplotlib imports pyplot to find it, adding ~1 s to the first answer of every replica.
+    os.environ.setdefault("MPLBACKEND", "agg")
     main()
