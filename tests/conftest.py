@@ -14,7 +14,7 @@ import pytest_asyncio
 
 # The real llama.cpp server (SmolLM2), one for the whole run: `llama`.
 from tests.llama.fixtures import llama  # noqa: F401
-from tests.replica.launcher import Replica
+from tests.replica.launcher import Replica, started
 from tests.replica.variants import VARIANTS
 from tests.support.faults import REPORT, FaultRow
 
@@ -44,6 +44,16 @@ async def rtx_426() -> AsyncIterator[Replica]:
     """The ChatRTX 0.3 version, for tests that need one healthy server."""
     async with Replica("4.26", token_delay=TOKEN_DELAY) as replica:
         yield replica
+
+
+@pytest_asyncio.fixture(scope="session")
+async def rtx_pair() -> AsyncIterator[tuple[Replica, Replica]]:
+    """Two ChatRTX 0.3 replicas, started at once, for the tests of a pool of two (desk and
+    laptop). Neither is ever killed: a test that kills a backend starts its own."""
+    desk = Replica("4.26", token_delay=TOKEN_DELAY)
+    laptop = Replica("4.26", token_delay=TOKEN_DELAY)
+    async with started(desk, laptop):
+        yield desk, laptop
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -68,39 +68,40 @@ class Asked:
 
 
 async def test_two_replicas_and_llama_cpp_answer_at_once_and_the_rest_wait_in_one_line(
-        tmp_path: Path, llama: LlamaServer) -> None:
-    async with Replica("4.26", token_delay=0.01) as desk, \
-            Replica("4.26", token_delay=0.01) as laptop:
-        settings = pool_settings(tmp_path, replicas(desk=desk.url, laptop=laptop.url) + "\n" +
-                                 backends_toml({"name": "llama",
-                                                "OPENAI_BASE_URL": llama.base_url,
-                                                "MAX_CONCURRENT_JOBS": 1,
-                                                "OPENAI_MAX_TOKENS": 48}))
-        async with open_relay(settings) as relay:
-            pool = relay.service.pool
-            assert [(m.name, m.capacity, m.state) for m in pool.members] == [
-                ("desk", 1, MemberState.UP), ("laptop", 1, MemberState.UP),
-                ("llama", 1, MemberState.UP)]
-            # Watched from before the first question: every backend busy at one moment.
-            all_busy = asyncio.create_task(pool.until(lambda: pool.line[0] == 3))
-            asked = [Asked(relay.service, f"u{i}", f"{SLOW}question {i}") for i in range(5)]
-            finals = await asyncio.wait_for(asyncio.gather(*(a.task for a in asked)), WAIT)
-            await asyncio.wait_for(all_busy, WAIT)
-            assert [f.status for f in finals] == [TurnStatus.COMPLETE] * 5
-            # The first three started at once, one per backend; the other two waited in the
-            # pool's one line, told their places.
-            assert [a.positions for a in asked[:3]] == [[], [], []]
-            assert all(a.positions and a.positions[-1] == 1 for a in asked[3:])
-            assert asked[4].positions[0] in (1, 2)
-            replica_answers = [f for f in finals if "You asked: question" in f.text]
-            assert 2 <= len(replica_answers) <= 4  # both replicas answered, llama the rest
+        tmp_path: Path, llama: LlamaServer, rtx_pair: tuple[Replica, Replica]) -> None:
+    desk, laptop = rtx_pair
+    settings = pool_settings(tmp_path, replicas(desk=desk.url, laptop=laptop.url) + "\n" +
+                             backends_toml({"name": "llama",
+                                            "OPENAI_BASE_URL": llama.base_url,
+                                            "MAX_CONCURRENT_JOBS": 1,
+                                            "OPENAI_MAX_TOKENS": 48}))
+    async with open_relay(settings) as relay:
+        pool = relay.service.pool
+        assert [(m.name, m.capacity, m.state) for m in pool.members] == [
+            ("desk", 1, MemberState.UP), ("laptop", 1, MemberState.UP),
+            ("llama", 1, MemberState.UP)]
+        # Watched from before the first question: every backend busy at one moment.
+        all_busy = asyncio.create_task(pool.until(lambda: pool.line[0] == 3))
+        asked = [Asked(relay.service, f"u{i}", f"{SLOW}question {i}") for i in range(5)]
+        finals = await asyncio.wait_for(asyncio.gather(*(a.task for a in asked)), WAIT)
+        await asyncio.wait_for(all_busy, WAIT)
+        assert [f.status for f in finals] == [TurnStatus.COMPLETE] * 5
+        # The first three started at once, one per backend; the other two waited in the
+        # pool's one line, told their places.
+        assert [a.positions for a in asked[:3]] == [[], [], []]
+        assert all(a.positions and a.positions[-1] == 1 for a in asked[3:])
+        assert asked[4].positions[0] in (1, 2)
+        replica_answers = [f for f in finals if "You asked: question" in f.text]
+        assert 2 <= len(replica_answers) <= 4  # both replicas answered, llama the rest
 
 
 async def test_a_replica_killed_mid_line_loses_nothing_and_is_probed_back_in(
-        tmp_path: Path) -> None:
-    desk_port = free_port()
-    async with Replica("4.26", token_delay=0.02, port=desk_port, cookie="desk") as desk, \
-            Replica("4.26", token_delay=0.02) as laptop:
+        tmp_path: Path, rtx_pair: tuple[Replica, Replica]) -> None:
+    laptop = rtx_pair[1]
+    # desk is killed and restarted on its port: its own replica, the new process started
+    # beside it in advance (warm_restarts) so the restart does not wait for Gradio's imports.
+    async with Replica("4.26", token_delay=0.001, port=free_port(), cookie="desk",
+                       warm_restarts=1) as desk:
         settings = pool_settings(tmp_path, replicas(desk=desk.url, laptop=laptop.url))
         async with open_relay(settings) as relay:
             service, pool = relay.service, relay.service.pool
@@ -159,13 +160,13 @@ async def test_a_replica_killed_mid_line_loses_nothing_and_is_probed_back_in(
         assert await store.recover_pending(lambda owner: False) == 0
 
 
-async def test_another_pc_joins_by_running_rtxrelay_serve_with_a_key(tmp_path: Path) -> None:
+async def test_another_pc_joins_by_running_rtxrelay_serve_with_a_key(
+        tmp_path: Path, rtx_pair: tuple[Replica, Replica]) -> None:
     """The remote PC: a replica behind its own `rtxrelay serve` with RTXRELAY_API_KEY. The hub
     lists it as an OpenAI-compatible backend beside its own replica, finds it is rtxrelay and
     how many it answers at once (1: never more sent to wait in its line), and uses both."""
-    async with Replica("4.26", token_delay=0.02) as remote_rtx, \
-            Replica("4.26", token_delay=0.02) as local_rtx, \
-            aiohttp.ClientSession(trust_env=False) as http, \
+    remote_rtx, local_rtx = rtx_pair
+    async with aiohttp.ClientSession(trust_env=False) as http, \
             SqliteStore(tmp_path / "remote.db") as remote_store:
         from rtxrelay.backends.chatrtx.backend import ChatRtxBackend
         from rtxrelay.backends.chatrtx.launch_url import parse_launch_url
@@ -186,7 +187,9 @@ async def test_another_pc_joins_by_running_rtxrelay_serve_with_a_key(tmp_path: P
                 assert [(m.name, m.capacity, m.state) for m in pool.members] == [
                     ("office", 1, MemberState.UP), ("desk", 1, MemberState.UP)]
                 both = asyncio.create_task(pool.until(lambda: pool.line[0] == 2))
-                asked = [Asked(relay.service, f"u{i}", f"{SLOW}q{i}") for i in range(3)]
+                # q0 and q1 keep both busy; q2 only has to wait, not to be long itself.
+                asked = [Asked(relay.service, f"u{i}", f"{SLOW}q{i}" if i < 2 else f"q{i}")
+                         for i in range(3)]
                 finals = await asyncio.wait_for(asyncio.gather(*(a.task for a in asked)), WAIT)
                 await asyncio.wait_for(both, WAIT)
                 assert [f.status for f in finals] == [TurnStatus.COMPLETE] * 3

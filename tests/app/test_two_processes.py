@@ -117,10 +117,10 @@ async def two_processes(tmp_path: Path, dsn: PostgresDsn, desk: Replica,
 
 
 async def test_two_processes_one_line_a_process_killed_and_postgresql_restarted(
-        tmp_path: Path, postgres: PostgresServer, postgres_dsn: PostgresDsn) -> None:
-    async with Replica("4.26", token_delay=0.02) as desk, \
-            Replica("4.26", token_delay=0.02) as laptop, \
-            two_processes(tmp_path, postgres_dsn, desk, laptop) as (a, b), \
+        tmp_path: Path, postgres: PostgresServer, postgres_dsn: PostgresDsn,
+        rtx_pair: tuple[Replica, Replica]) -> None:
+    desk, laptop = rtx_pair  # never killed here (a serve process is; PostgreSQL restarts)
+    async with two_processes(tmp_path, postgres_dsn, desk, laptop) as (a, b), \
             aiohttp.ClientSession(trust_env=False) as http:
         # One question to each process: the second goes to the backend the first left idle.
         on_a = asyncio.create_task(ask(http, a, f"{SLOW}to a"))

@@ -28,7 +28,9 @@ async def final(relay_service, question: str) -> Finished:  # type: ignore[no-un
 async def test_pasting_the_new_launch_url_into_env_reaches_a_running_relay(fault,
         tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
-    async with Replica("4.26", token_delay=0.001) as rtx:
+    # The relaunched process is started beside the first (warm_restarts): it listens, on a new
+    # port with a new cookie, only once the first is killed.
+    async with Replica("4.26", token_delay=0.001, warm_restarts=1) as rtx:
         env_file.write_text(f"RTX_URL={rtx.url}\nRTXRELAY_DB={tmp_path / 'r.db'}\n")
         async with open_relay(load_settings(env_file=env_file)) as relay:
             assert (await final(relay.service, "before")).status is TurnStatus.COMPLETE

@@ -168,7 +168,9 @@ async def test_cancel_stops_the_job_on_the_server(
 
 
 async def test_killed_mid_answer_and_restarted_on_a_new_port(http: aiohttp.ClientSession) -> None:
-    async with Replica("4.26", token_delay=0.001) as rtx:
+    # The restarted process is started beside the first (warm_restarts): it listens, on a new
+    # port with a new cookie, only once the first is gone.
+    async with Replica("4.26", token_delay=0.001, warm_restarts=1) as rtx:
         old_url = rtx.url
         updates = await collect(backend_for(http, old_url), "going down [die]")
         final = updates[-1]

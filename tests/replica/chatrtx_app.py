@@ -20,6 +20,8 @@ prints it from a thread before launch(); ``--print-early`` restores that), and
 ``process_output`` is an async generator so a ``[stall]`` job can be cancelled where Gradio
 can cancel it (5.x ``/cancel``). Gradio 4.x's ``/reset`` only acts between yields, so on
 4.x a stalled job holds the queue until the server dies, as a hung ChatRTX would.
+``--standby`` (the launcher's warm restarts) imports and builds everything, then waits for a
+line on stdin before it picks its port and listens.
 """
 
 from __future__ import annotations
@@ -600,10 +602,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="queue concurrency (default: Gradio's, 1 as in ChatRTX)")
     parser.add_argument("--print-early", action="store_true",
                         help="print the launch line before the server listens, like ChatRTX")
+    parser.add_argument("--standby", action="store_true",
+                        help="import and build, then listen only once a line arrives on stdin "
+                        "(the launcher's warm restart)")
     args = parser.parse_args(argv)
 
     cookie = args.cookie or str(uuid.uuid4())
-    port = args.port or pick_free_port(args.host)
     ssl_kwargs: dict[str, Any] = {}
     if args.https:
         cert_dir = Path(args.cert_dir or tempfile.mkdtemp(prefix="chatrtx-replica-certs-"))
@@ -611,14 +615,17 @@ def main(argv: list[str] | None = None) -> None:
         print(CERT_LINE.format(path=cert), flush=True)
         # gradio checks its own URL at startup; it must not reject our self-signed cert.
         ssl_kwargs = {"ssl_certfile": str(cert), "ssl_keyfile": str(key), "ssl_verify": False}
-    scheme = "https" if args.https else "http"
-    launch_line = LAUNCH_LINE.format(url=f"{scheme}://127.0.0.1:{port}?cookie={cookie}&__theme=dark")
-
     demo = ChatRTXReplica(cookie, args.token_delay).build()
     if args.concurrency is None:
         demo.queue()
     else:
         demo.queue(default_concurrency_limit=args.concurrency)
+    if args.standby and not sys.stdin.readline():
+        return  # the launcher is gone (stdin closed): never listen
+    # The port is picked only now: a standby's predecessor held it until it was killed.
+    port = args.port or pick_free_port(args.host)
+    scheme = "https" if args.https else "http"
+    launch_line = LAUNCH_LINE.format(url=f"{scheme}://127.0.0.1:{port}?cookie={cookie}&__theme=dark")
     if args.print_early:
         print(launch_line, flush=True)
     demo.launch(
@@ -635,4 +642,7 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    # Gradio wraps every call in matplotlib's "agg" backend: left to pick its default backend,
+    # matplotlib imports pyplot to find it, adding ~1 s to the first answer of every replica.
+    os.environ.setdefault("MPLBACKEND", "agg")
     main()

@@ -5,6 +5,13 @@
         await rtx.kill()       # a crash: the client sees the connection die
         await rtx.restart()    # a relaunch: new port, new cookie (unless fixed ones given)
 
+A replica takes seconds to start, nearly all of it Python importing Gradio. A test that will
+restart one can ask for the new process in advance: ``Replica(..., warm_restarts=1)`` starts
+it beside the first, imported and built but not listening (chatrtx_app's ``--standby``), and
+``restart()`` then kills the running one and tells the standby to listen, which takes a
+fraction of a second. To its clients it is a relaunch like any other: a new process, bound
+only after the old one is gone (so a fixed port is free), with a new cookie unless fixed.
+
 Portable: asyncio subprocesses and Process.kill() only (no signals, no fcntl); the venv's
 python sits in Scripts\\python.exe on Windows (see envs.venv_python).
 """
@@ -21,7 +28,8 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -60,6 +68,18 @@ class ReplicaStartError(RuntimeError):
     """The replica exited or stayed silent before printing its launch line."""
 
 
+@dataclass
+class _Child:
+    """One replica process: its output drain, launch line and https certificate."""
+
+    proc: asyncio.subprocess.Process
+    launched: asyncio.Future[re.Match[str]]
+    lines: list[str]  # where its output goes (a standby's own list until it is used)
+    cert_dir: Path | None = None
+    ca_file: Path | None = None
+    drain: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
 class Replica:
     """One Chat with RTX replica process, as an async context manager."""
 
@@ -75,7 +95,10 @@ class Replica:
         concurrency: int | None = None,
         echo: bool = False,
         build_progress: Callable[[str], None] | None = None,
+        warm_restarts: int = 0,
     ) -> None:
+        """``warm_restarts``: how many ``restart()`` calls find their process already started
+        (see the module docstring); later ones start it cold."""
         self.variant: Variant = get_variant(variant)
         self.https = https
         self.token_delay = token_delay
@@ -85,10 +108,9 @@ class Replica:
         self.build_progress = build_progress  # told each step of a venv build (serve.py)
         self._fixed_port = port
         self._fixed_cookie = cookie
-        self._proc: asyncio.subprocess.Process | None = None
-        self._drain_task: asyncio.Task[None] | None = None
-        self._launched: asyncio.Future[re.Match[str]] | None = None
-        self._cert_dir: Path | None = None
+        self._warm_restarts = warm_restarts
+        self._child: _Child | None = None
+        self._standby: _Child | None = None  # the next restart's process, not listening yet
         self.output: list[str] = []
         self.url: str | None = None
         self.port: int | None = None
@@ -111,15 +133,49 @@ class Replica:
 
     @property
     def returncode(self) -> int | None:
-        return None if self._proc is None else self._proc.returncode
+        return None if self._child is None else self._child.proc.returncode
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.returncode is None
+        return self._child is not None and self._child.proc.returncode is None
 
     async def start(self) -> Replica:
         if self.running:
             raise RuntimeError("replica already running")
+        self.url = self.port = self.cookie = self.ca_file = None
+        if self._standby is not None:
+            child, self._standby = self._standby, None
+            self.output.extend(child.lines)
+            child.lines = self.output
+            assert child.proc.stdin is not None
+            child.proc.stdin.write(b"listen\n")  # the standby binds its port now
+            with contextlib.suppress(ConnectionError):
+                await child.proc.stdin.drain()
+            child.proc.stdin.close()
+        else:
+            child = await self._spawn(self.output, standby=False)
+        self._child = child
+        if self._warm_restarts > 0:
+            self._warm_restarts -= 1
+            self._standby = await self._spawn([], standby=True)
+        try:
+            match = await asyncio.wait_for(asyncio.shield(child.launched), self.startup_timeout)
+        except (TimeoutError, ReplicaStartError) as exc:
+            tail = "\n".join(self.output[-40:])
+            await self.kill()
+            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+            raise ReplicaStartError(
+                f"replica {self.variant.name} did not start ({reason}); output:\n{tail}"
+            ) from None
+        self.ca_file = child.ca_file
+        self.url = match.group("url")
+        self.port = int(match.group("port"))
+        self.cookie = match.group("cookie")
+        return self
+
+    async def _spawn(self, lines: list[str], *, standby: bool) -> _Child:
+        """Start a replica process; a standby imports and builds the app, then waits for a
+        line on its stdin before it listens."""
         build = functools.partial(ensure_env, self.variant, progress=self.build_progress)
         python = await asyncio.wait_for(asyncio.to_thread(build), ENV_BUILD_TIMEOUT)
         args = [str(python), str(APP_PATH), "--host", "127.0.0.1",
@@ -130,65 +186,56 @@ class Replica:
             args += ["--cookie", self._fixed_cookie]
         if self.concurrency is not None:
             args += ["--concurrency", str(self.concurrency)]
+        cert_dir = None
         if self.https:
-            self._cert_dir = Path(tempfile.mkdtemp(prefix="chatrtx-replica-certs-"))
-            args += ["--https", "--cert-dir", str(self._cert_dir)]
-
-        self.url = self.port = self.cookie = self.ca_file = None
-        self._launched = asyncio.get_running_loop().create_future()
-        self._proc = await asyncio.create_subprocess_exec(
+            cert_dir = Path(tempfile.mkdtemp(prefix="chatrtx-replica-certs-"))
+            args += ["--https", "--cert-dir", str(cert_dir)]
+        if standby:
+            args.append("--standby")
+        proc = await asyncio.create_subprocess_exec(
             *args,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE if standby else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,  # one pipe to drain, ordered output
             env=self._child_env(),
             cwd=str(APP_PATH.parent),
         )
-        self._drain_task = asyncio.create_task(self._drain(self._proc, self._launched))
-        try:
-            match = await asyncio.wait_for(asyncio.shield(self._launched), self.startup_timeout)
-        except (TimeoutError, ReplicaStartError) as exc:
-            tail = "\n".join(self.output[-40:])
-            await self.kill()
-            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
-            raise ReplicaStartError(
-                f"replica {self.variant.name} did not start ({reason}); output:\n{tail}"
-            ) from None
-        self.url = match.group("url")
-        self.port = int(match.group("port"))
-        self.cookie = match.group("cookie")
-        return self
+        child = _Child(proc, asyncio.get_running_loop().create_future(), lines, cert_dir)
+        child.drain = asyncio.create_task(self._drain(child))
+        return child
 
     async def kill(self) -> None:
         """Hard kill, as a crash would end it; returns once the process is gone."""
-        proc = self._proc
-        if proc is not None and proc.returncode is None:
+        child = self._child
+        if child is not None and child.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-        await self._reap(limit=15.0)
+                child.proc.kill()
+        await self._reap(child, limit=15.0)
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Ask politely (terminate), then kill; also removes the https cert directory."""
-        proc = self._proc
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()  # TerminateProcess on Windows, SIGTERM elsewhere
+        """Ask politely (terminate), then kill; also removes the https cert directory and
+        ends a standby that no restart used."""
+        for child in (self._child, self._standby):
+            if child is not None and child.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.terminate()  # TerminateProcess on Windows, SIGTERM elsewhere
+        for child in (self._child, self._standby):
+            if child is None:
+                continue
             try:
-                await asyncio.wait_for(proc.wait(), grace)
+                await asyncio.wait_for(child.proc.wait(), grace)
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-        await self._reap(limit=15.0)
-        if self._cert_dir is not None:
-            shutil.rmtree(self._cert_dir, ignore_errors=True)
-            self._cert_dir = None
+                    child.proc.kill()
+            await self._reap(child, limit=15.0)
+            self._remove_certs(child)
+        self._standby = None
 
     async def restart(self) -> Replica:
         """Kill, then start again: a new random port and cookie unless fixed ones were given."""
         await self.kill()
-        if self._cert_dir is not None:
-            shutil.rmtree(self._cert_dir, ignore_errors=True)
-            self._cert_dir = None
+        if self._child is not None:
+            self._remove_certs(self._child)
         return await self.start()
 
     async def wait(self, limit: float | None) -> int:
@@ -196,10 +243,10 @@ class Replica:
 
         ``limit=None`` waits as long as it takes (serve.py, a person at the keyboard).
         """
-        if self._proc is None:
+        if self._child is None:
             raise RuntimeError("replica not started")
-        code = await asyncio.wait_for(self._proc.wait(), limit)
-        await self._reap(limit=5.0)
+        code = await asyncio.wait_for(self._child.proc.wait(), limit)
+        await self._reap(self._child, limit=5.0)
         return code
 
     async def __aenter__(self) -> Replica:
@@ -232,26 +279,26 @@ class Replica:
         env.pop("GRADIO_SERVER_NAME", None)
         return env
 
-    async def _drain(
-        self, proc: asyncio.subprocess.Process, launched: asyncio.Future[re.Match[str]]
-    ) -> None:
+    async def _drain(self, child: _Child) -> None:
         """Read the child's output until EOF, so its pipe never fills and blocks it."""
+        proc, launched = child.proc, child.launched
         assert proc.stdout is not None
         while True:
             raw = await proc.stdout.readline()
             if not raw:
                 break
             line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-            self.output.append(line)
-            if len(self.output) > MAX_OUTPUT_LINES:
-                del self.output[: len(self.output) - MAX_OUTPUT_LINES]
+            lines = child.lines
+            lines.append(line)
+            if len(lines) > MAX_OUTPUT_LINES:
+                del lines[: len(lines) - MAX_OUTPUT_LINES]
             if self.echo:
                 print(line, flush=True)
             if launched.done():
                 continue
             cert = CERT_RE.match(line)
             if cert:
-                self.ca_file = Path(cert.group("path"))
+                child.ca_file = Path(cert.group("path"))
             match = LAUNCH_RE.match(line)
             if match:
                 launched.set_result(match)
@@ -259,20 +306,43 @@ class Replica:
             code = await proc.wait()
             launched.set_exception(ReplicaStartError(f"exited with code {code}"))
 
-    async def _reap(self, limit: float) -> None:
-        proc, task = self._proc, self._drain_task
-        if proc is not None:
-            await asyncio.wait_for(proc.wait(), limit)
-        if task is not None:
+    @staticmethod
+    async def _reap(child: _Child | None, limit: float) -> None:
+        if child is None:
+            return
+        await asyncio.wait_for(child.proc.wait(), limit)
+        if child.drain is not None:
             try:
-                await asyncio.wait_for(task, limit)
+                await asyncio.wait_for(child.drain, limit)
             except TimeoutError:
-                task.cancel()
-            self._drain_task = None
-        if self._launched is not None and self._launched.done() and not self._launched.cancelled():
-            self._launched.exception()  # mark a start failure as retrieved
-        elif self._launched is not None:
-            self._launched.cancel()
+                child.drain.cancel()
+            child.drain = None
+        if child.launched.done() and not child.launched.cancelled():
+            child.launched.exception()  # mark a start failure as retrieved
+        else:
+            child.launched.cancel()
+
+    @staticmethod
+    def _remove_certs(child: _Child) -> None:
+        if child.cert_dir is not None:
+            shutil.rmtree(child.cert_dir, ignore_errors=True)
+            child.cert_dir = None
+
+
+@contextlib.asynccontextmanager
+async def started(*replicas: Replica) -> AsyncIterator[tuple[Replica, ...]]:
+    """Start ``replicas`` at once and stop them all at the end (also when one fails to start).
+
+    A start is mostly Python importing Gradio, one core's work: on two cores two replicas
+    start in little more than the time of one."""
+    try:
+        results = await asyncio.gather(*(r.start() for r in replicas), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        yield replicas
+    finally:
+        await asyncio.gather(*(r.stop() for r in replicas))
 
 
 def _main() -> None:  # a quick manual check: python tests/replica/launcher.py [variant]
