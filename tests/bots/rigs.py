@@ -35,6 +35,9 @@ from tests.fakes.telegram_api import FakeTelegram
 from tests.replica.launcher import Replica
 from tests.support.virtual_clock import VirtualClock
 
+# The Telegram bot's sleeps jump the shared clock and wait this share of themselves for real:
+# 40 ms for the typing indicator's 4 s, 0.6 s for a minute-long rate window.
+REAL_SHARE = 0.01
 CATALOGUE = Catalogue.load()  # one for the test process, as rtxrelay loads one per process
 DISCORD_TOKEN = "discord-test-token"
 
@@ -87,7 +90,8 @@ async def telegram_rigs(rtx: Replica, tmp_path: Path) -> AsyncIterator[Callable[
         """``backend``: another backend than the Chat with RTX replica (made on the rig's
         HTTP session). ``db`` and ``fake``: an earlier rig's, for a restart."""
         if fake is None:
-            fake = FakeTelegram(per_chat_rate=per_chat_rate, clock=VirtualClock(1_000.0),
+            fake = FakeTelegram(per_chat_rate=per_chat_rate,
+                                clock=VirtualClock(1_000.0, real_share=REAL_SHARE),
                                 **(fake_options or {}))
             await fake.__aenter__()
         clock = fake.clock

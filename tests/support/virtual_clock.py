@@ -10,12 +10,18 @@ import asyncio
 
 
 class VirtualClock:
-    def __init__(self, start: float = 0.0) -> None:
+    def __init__(self, start: float = 0.0, *, real_share: float = 0.0) -> None:
+        """``real_share``: the fraction of each sleep also waited in real time. A bot's
+        loops that only pace themselves (the typing indicator every few seconds) would
+        otherwise spin as fast as requests go: 98 % of a Telegram test's requests were
+        typing actions when every sleep was instant."""
         self.now = start
+        self._real_share = real_share
 
     def __call__(self) -> float:
         return self.now
 
     async def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
-        await asyncio.sleep(0)
+        seconds = max(0.0, seconds)
+        self.now += seconds
+        await asyncio.sleep(seconds * self._real_share)
