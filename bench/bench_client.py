@@ -892,8 +892,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", help="also write every run's raw figures to this file")
     args = parser.parse_args(argv)
     if args.quick:
-        args.lengths, args.reps, args.warmup = [2_000], 1, False
-        args.pace_length, args.pace_reps, args.ask_words, args.ask_reps = 300, 1, 500, 1
+        args.lengths, args.reps, args.warmup = [1_000], 1, False
+        args.pace_length, args.pace_reps, args.ask_words, args.ask_reps = 100, 1, 200, 1
     if args.floor_reps is None:
         args.floor_reps = 1 if args.quick else args.reps
     unknown = args.skip - {"floor", "pace", "ask"}

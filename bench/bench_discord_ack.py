@@ -1,7 +1,7 @@
 """Discord ``/ask``: time from INTERACTION_CREATE to the deferral, with 1,000 asks open at once.
 
     .venv/bin/python bench/bench_discord_ack.py            # full: ~7 min
-    .venv/bin/python bench/bench_discord_ack.py --quick    # smoke: 20 asks, 2 scenarios (~20 s)
+    .venv/bin/python bench/bench_discord_ack.py --quick    # smoke: 20 asks, 2 scenarios (~13 s)
 
 Discord drops an interaction that is not acknowledged within 3 s (a late callback is a 404,
 code 10062). The issue's goal: the deferral goes out < 100 ms after INTERACTION_CREATE, at
@@ -657,7 +657,8 @@ async def cancel_leftovers(timeout: float = 10.0) -> None:
 
 
 async def one_run(variant: str, size: int, rate: float, args: argparse.Namespace,
-                  db_path: Path, profile: cProfile.Profile | None = None) -> Run:
+                  db_path: Path, profile: cProfile.Profile | None = None, *,
+                  warmup: bool = True) -> Run:
     run = Run(variant, size, rate)
     tally = LogTally()
     logging.getLogger().addHandler(tally)
@@ -672,7 +673,7 @@ async def one_run(variant: str, size: int, rate: float, args: argparse.Namespace
         service = ConversationService(
             backend, store, ConversationLimits(max_concurrent_jobs=args.max_jobs))
         bot, stop, task = await start_bot(variant, fake, service, sent)
-        if args.warmup:
+        if args.warmup and warmup:
             await warm_up(fake, bot, service)
         users = await fake.add_members(size)
         gc.collect()
@@ -906,7 +907,10 @@ def bench(args: argparse.Namespace) -> tuple[list[Run], str]:
                 for variant in VARIANTS[shift:] + VARIANTS[:shift]:
                     db = Path(tmp) / f"{variant}-{size}-{rate:g}-{rep}.db"
                     # A fresh event loop per run: nothing of one run's tasks reaches the next.
-                    run = asyncio.run(one_run(variant, size, rate, args, db))
+                    # --quick: only the first run warms up (the process's first-use costs,
+                    # and the warm-up's own checks, once).
+                    run = asyncio.run(one_run(variant, size, rate, args, db,
+                                              warmup=not (args.quick and runs)))
                     run.rep = rep
                     runs.append(run)
                     progress(run)
@@ -924,7 +928,8 @@ def bench(args: argparse.Namespace) -> tuple[list[Run], str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help=f"smoke run: N = {QUICK_SIZE}, both bots, a few seconds")
+                        help=f"smoke run: N = {QUICK_SIZE}, both bots, a few seconds; only "
+                        "the first run warms up")
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")],
                         default=list(DEFAULT_SIZES), help="burst sizes, comma list")
     parser.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",") if x],
