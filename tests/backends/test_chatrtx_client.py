@@ -24,6 +24,7 @@ from rtxrelay.core.errors import BackendError, BackendErrorKind
 from tests.replica import fake_model
 from tests.replica.launcher import Replica, free_port
 from tests.replica.variants import VARIANTS
+from tests.support.proxies import _Relay
 
 
 @pytest.fixture
@@ -282,29 +283,19 @@ async def test_stream_cut_mid_event(rtx_426: Replica, http: aiohttp.ClientSessio
 # -- the answer stream's framing -----------------------------------------------------------------
 
 
-class StreamRelay:
+class StreamRelay(_Relay):
     """A TCP relay in front of the replica that keeps both directions' bytes. With
     ``as_http11`` it rewrites the answer stream's request to HTTP/1.1, so the server answers
     it chunked (as a server that ignores an HTTP/1.0 request would)."""
 
     STREAM_REQUEST = re.compile(rb"(GET /queue/data[^\r\n]*) HTTP/1\.0\r\n")
 
-    def __init__(self, port: int, *, as_http11: bool) -> None:
-        self._port = port
+    def __init__(self, backend_port: int, *, as_http11: bool) -> None:
+        super().__init__()
+        self._backend_port = backend_port
         self._as_http11 = as_http11
-        self.sent = bytearray()  # what the client sent, one connection after another
+        self.sent = bytearray()  # what the clients sent, one connection after another
         self.received = bytearray()  # what the server answered, likewise
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def __aenter__(self) -> str:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
-        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._server.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def request_lines(self) -> list[bytes]:
         # Not from a line's start: a request may follow a POST's body on its connection.
@@ -314,29 +305,24 @@ class StreamRelay:
         heads = re.findall(rb"HTTP/1\.[01] [^\r\n]*\r\n(?:[^\r\n]+\r\n)*", bytes(self.received))
         return [head for head in heads if b"text/event-stream" in head.lower()]
 
-    async def _relay(self, client_in: asyncio.StreamReader,
-                     client_out: asyncio.StreamWriter) -> None:
-        server_in, server_out = await asyncio.open_connection("127.0.0.1", self._port)
-        sent, received = bytearray(), bytearray()  # this connection's
-        for pipe in (self._pipe(client_in, server_out, sent, self._as_http11, self.sent),
-                     self._pipe(server_in, client_out, received, False, self.received)):
-            task = asyncio.create_task(pipe)
-            self._tasks.add(task)
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream = await asyncio.open_connection("127.0.0.1", self._backend_port)
+        sent, received = bytearray(), bytearray()  # this connection's, kept whole
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    kept: bytearray, rewrite: bool, all_kept: bytearray) -> None:
+        def passing(data: bytes, outbound: bool) -> bytes:
+            if not outbound:
+                received.extend(data)
+                return data
+            sent.extend(data)
+            if self._as_http11:  # aiohttp writes a request's header block at once
+                data = self.STREAM_REQUEST.sub(rb"\1 HTTP/1.1\r\n", data)
+            return data
+
         try:
-            while data := await reader.read(65536):
-                kept += data
-                if rewrite:  # aiohttp writes a request's header block at once
-                    data = self.STREAM_REQUEST.sub(rb"\1 HTTP/1.1\r\n", data)
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
+            await self._pipe((reader, writer), upstream, passing)
         finally:
-            writer.close()
-            all_kept += kept
+            self.sent += sent
+            self.received += received
 
 
 @pytest.mark.parametrize("as_http11", [False, True], ids=["http-1.0", "chunked-anyway"])
@@ -346,9 +332,8 @@ async def test_the_answer_stream_is_asked_in_http_1_0_and_read_alike_if_chunked(
     """The stream is requested in HTTP/1.0 so Gradio sends it unchunked (aiohttp handles
     every HTTP chunk in Python: one per message); a server that chunks it anyway works too."""
     assert rtx_426.port is not None and rtx_426.url is not None
-    relay = StreamRelay(rtx_426.port, as_http11=as_http11)
-    async with relay as address:
-        backend = backend_for(http, rtx_426.url.replace(f"127.0.0.1:{rtx_426.port}", address))
+    async with StreamRelay(rtx_426.port, as_http11=as_http11) as relay:
+        backend = backend_for(http, rtx_426.url.replace(f":{rtx_426.port}", f":{relay.port}"))
         question = "stream me [len=600] [delay=0.002]"
         updates = await collect(backend, question)
     final = updates[-1]

@@ -26,7 +26,7 @@ import contextlib
 import ipaddress
 import ssl
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Self
 
@@ -102,18 +102,22 @@ class _Relay:
         raise NotImplementedError
 
     async def _pipe(self, client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-                    upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
-        """Copy bytes both ways until either side closes, then close both."""
+                    upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+                    passing: Callable[[bytes, bool], bytes] | None = None) -> None:
+        """Copy bytes both ways until either side closes, then close both. ``passing(data,
+        outbound)`` sees each read (``outbound``: client to upstream) and returns what to
+        pass on: a relay that watches or rewrites the traffic gives it."""
         self._writers.add(upstream[1])
 
-        async def copy(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        async def copy(source: asyncio.StreamReader, sink: asyncio.StreamWriter,
+                       outbound: bool) -> None:
             with contextlib.suppress(ConnectionError, ssl.SSLError):
                 while data := await source.read(65536):
-                    sink.write(data)
+                    sink.write(data if passing is None else passing(data, outbound))
                     await sink.drain()
 
-        directions = [asyncio.create_task(copy(client[0], upstream[1])),
-                      asyncio.create_task(copy(upstream[0], client[1]))]
+        directions = [asyncio.create_task(copy(client[0], upstream[1], True)),
+                      asyncio.create_task(copy(upstream[0], client[1], False))]
         try:
             await asyncio.wait(directions, return_when=asyncio.FIRST_COMPLETED)
         finally:
