@@ -18,6 +18,13 @@ follow the tokens, a wake-up each; a 100 ms window gathers two, half the wake-up
 
 aiohttp (3.14) resumes the transport whenever its reader takes a buffered chunk; a hold is
 only taken after a read has emptied that buffer, so nothing resumes it early.
+
+Each read also takes at most ``READ_SIZE`` (64 KiB): asyncio's selector transports ask ``recv``
+for up to 256 KiB in a new bytes object, then shrink it to what came. That much memory, taken
+and given back by the C library at every read, is paid in fresh pages: the bench worker took
+about 5.5 page faults a read more than with 64 KiB (perf stat), and a small process strace
+showed an ``mmap``, ``mremap`` and ``munmap`` around every ``recv``. At Chat with RTX's pace
+that was ~9 % of a read's CPU (bench/README.md).
 """
 
 from __future__ import annotations
@@ -26,9 +33,12 @@ import asyncio
 
 import aiohttp
 
+# The most one read takes from the socket (see above). Windows' proactor loop reads into a
+# buffer of its own and has no such attribute: nothing to change there.
+READ_SIZE = 64 * 1024
 # A read this large suggests a backlog (a slow consumer, or sse_v1's whole values): take the
 # rest at once instead of waiting a window per buffer.
-BACKLOG_READ = 64 * 1024
+BACKLOG_READ = READ_SIZE
 # Events a window must be expected to gather for a hold to save wake-ups (see above).
 GATHER = 1.5
 
@@ -39,6 +49,9 @@ class PacedReads:
     def __init__(self, response: aiohttp.ClientResponse, window: float) -> None:
         connection = response.connection
         self._transport = connection.transport if connection is not None else None
+        if self._transport is not None and getattr(self._transport, "max_size", 0) > READ_SIZE:
+            # asyncio's selector transport looks max_size up at every read: ours wins.
+            self._transport.max_size = READ_SIZE  # type: ignore[attr-defined]
         self._window = window
         self._timer: asyncio.TimerHandle | None = None
         self._text_since: float | None = None  # the first read with text

@@ -14,7 +14,8 @@ closes the connection; to an HTTP/1.1 one, one HTTP chunk per SSE event (``once-
 It reads it here with a minimal aiohttp reader: ``readany()`` in a loop, split the buffer at
 blank lines,
 ``json.loads`` (or ``orjson.loads``, what rtxrelay decodes events with) each event's ``data:``,
-nothing else: no diffs applied, no text rebuilt, no timeouts. Only the reading side is
+nothing else: no diffs applied, no text rebuilt, no timeouts; each read takes at most 64 KiB,
+as rtxrelay's do (``paced_reads.READ_SIZE``). Only the reading side is
 measured (``getrusage(RUSAGE_SELF)`` of this process), from the request to the end of the
 body, on a connection a first ``GET /warm`` opened (and warmed aiohttp's code).
 
@@ -70,6 +71,9 @@ CHUNKED = ("once-chunked", "once-1chunk")
 # gather this many events, and a read this large (a backlog) is never followed by a hold.
 GATHER = 1.5
 BACKLOG_READ = 64 * 1024
+# The most one read takes, as rtxrelay's reads (paced_reads.READ_SIZE): asyncio's default of
+# 256 KiB costs fresh pages at every read, which no client has to pay.
+READ_SIZE = 64 * 1024
 
 
 def split_events(body: bytes) -> list[bytes]:
@@ -201,6 +205,8 @@ async def read(base: str, loads: Callable[[bytes], Any], window: float, chunked:
         async with http.get(base + "/stream", headers=headers) as response:
             connection = response.connection
             transport = connection.transport if connection is not None else None
+            if transport is not None and getattr(transport, "max_size", 0) > READ_SIZE:
+                transport.max_size = READ_SIZE  # type: ignore[attr-defined]
             buffer = b""
             content = response.content
             while True:

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from rtxrelay.backends.paced_reads import BACKLOG_READ, PacedReads
+from rtxrelay.backends.paced_reads import BACKLOG_READ, READ_SIZE, PacedReads
 
 
 class Feed:
@@ -144,3 +144,33 @@ async def test_a_hold_is_taken_only_while_a_window_gathers_tokens(
         fast.hold(10, events=3)  # three events in no time: a window gathers plenty
         assert not reading(fast) and fast.holds == 2
         fast.close()
+
+
+async def test_a_read_takes_at_most_read_size_and_loses_nothing(feed: tuple[Feed, str]) -> None:
+    """asyncio's selector transports would recv up to 256 KiB into a new object at every read,
+    paid in fresh pages; a paced response's reads take at most READ_SIZE."""
+    source, url = feed
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        paced = PacedReads(response, 0.0)
+        transport = paced._transport
+        if not hasattr(transport, "max_size"):
+            pytest.skip("this event loop's transport reads into a buffer of its own")
+        assert transport.max_size == READ_SIZE  # type: ignore[union-attr]
+        assert response.connection is not None and response.connection.protocol is not None
+        protocol = response.connection.protocol
+        received = protocol.data_received
+        sizes: list[int] = []
+
+        def recording(data: bytes) -> None:
+            sizes.append(len(data))
+            received(data)
+
+        protocol.data_received = recording  # type: ignore[method-assign]
+        part = bytes(range(256)) * 1024  # 256 KiB in one write
+        await source.write(part)
+        taken = b""
+        while len(taken) < len(part):
+            taken += await asyncio.wait_for(response.content.readany(), 10)
+        assert taken == part
+        assert sizes and max(sizes) <= READ_SIZE and len(sizes) >= len(part) // READ_SIZE
+        paced.close()
