@@ -81,6 +81,10 @@ MAX_IN_FLIGHT = 32
 # edits, drafts, typing) stay under 20, since requests bunch on their way out: at 25/s, 1,000
 # concurrent answers drew 49 429s in 43 s, at 20/s 2 in all (bench/bench_streaming.py).
 BOT_WIDE_WRITES = Rate(20, 1.0)
+# A short reply (help, usage, a refusal, a confirmation) that Telegram's flood control pushed
+# back is sent again after the wait it asks for: at most this many tries, this long in all.
+SAY_TRIES = 3
+SAY_PATIENCE = 30.0
 # The commands' menu (setMyCommands): each command and its description's catalogue id.
 COMMANDS: tuple[tuple[str, str], ...] = (
     ("ask", N_("Ask Chat with RTX a question")),
@@ -236,9 +240,7 @@ class TelegramSink(MessageSink):
         try:
             return await call
         except RetryAfter as exc:
-            wait = exc.retry_after
-            seconds = wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
-            raise RetryLater(seconds) from exc
+            raise RetryLater(_retry_seconds(exc)) from exc
         except BadRequest as exc:
             if "not modified" in str(exc).lower():
                 return None  # the text is already there: success
@@ -266,6 +268,7 @@ class TelegramBot:
         self._poll_watch = poll_watch or PollWatch()
         self._replies = Replies(service, bot_wide_writes=BOT_WIDE_WRITES, clock=clock,
                                 sleep=sleep)
+        self._sleep = sleep
         self._drafts_refused = False  # the Bot API server has no drafts: edit from the start
         self.application = self._build()
 
@@ -363,7 +366,7 @@ class TelegramBot:
     async def _on_help(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         if self._allowed(update) and update.effective_message:
             texts = await self._texts(update.effective_user)
-            await update.effective_message.reply_text(texts(HELP), do_quote=False)
+            await self._say(update.effective_message, texts(HELP), do_quote=False)
 
     async def _on_ask(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
@@ -371,7 +374,7 @@ class TelegramBot:
         if not question:
             if message is not None and self._allowed(update):  # nothing to say to others
                 texts = await self._texts(update.effective_user)
-                await message.reply_text(texts(USAGE))
+                await self._say(message, texts(USAGE))
             return
         await self._answer(update, context, question)
 
@@ -384,7 +387,7 @@ class TelegramBot:
         reply = await self._languages.command(PLATFORM, str(user.id), user.language_code,
                                               _after_command(message),
                                               how_to_change=_how_to_change)
-        await message.reply_text(reply)
+        await self._say(message, reply)
 
     async def _on_text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
@@ -403,17 +406,34 @@ class TelegramBot:
             return
         await self._service.reset(self._key(update))
         texts = await self._texts(update.effective_user)
-        await update.effective_message.reply_text(texts(NEW_CONVERSATION))
+        await self._say(update.effective_message, texts(NEW_CONVERSATION))
 
     async def _on_cancel(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         if not self._allowed(update) or update.effective_message is None:
             return
         if not self._service.cancel(self._key(update)):
             texts = await self._texts(update.effective_user)
-            await update.effective_message.reply_text(texts(NOTHING_TO_STOP))
+            await self._say(update.effective_message, texts(NOTHING_TO_STOP))
 
     async def _on_retry(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         await self._answer(update, context, None)
+
+    async def _say(self, message: Message, text: str, *, do_quote: bool | None = None) -> None:
+        """A short reply. Telegram's flood control answers 429 with the wait it wants; the
+        reply is sent again after it (SAY_TRIES, SAY_PATIENCE), so whoever asked is still
+        told. Past that, the error reaches ``_on_error`` and is logged."""
+        waited = 0.0
+        for tries_left in range(SAY_TRIES - 1, -1, -1):
+            try:
+                await message.reply_text(text, do_quote=do_quote)
+                return
+            except RetryAfter as exc:
+                seconds = _retry_seconds(exc)
+                if not tries_left or waited + seconds > SAY_PATIENCE:
+                    raise
+                waited += seconds
+                log.info("Telegram asked to wait %.0f s before a reply; sending it then", seconds)
+                await self._sleep(seconds)
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         # Never show exception text to users; log without message content.
@@ -436,8 +456,8 @@ class TelegramBot:
             # Outside a private chat, people the bot is not for are not answered at all.
             if private or refusal.reason is not RefusalReason.NOT_ALLOWED:
                 texts = await self._texts(update.effective_user)
-                await message.reply_text(
-                    TEXTS.translated(texts).refusal(refusal, private_chat=private))
+                await self._say(message,
+                                TEXTS.translated(texts).refusal(refusal, private_chat=private))
             return
         texts = await self._texts(update.effective_user)
         if private:
@@ -513,6 +533,12 @@ def _how_to_change(texts: Texts) -> str:
     """The /language choices, one a line: each language as its speakers write it."""
     lines = [f"/language {language.tag} — {AUTONYMS[language]}" for language in Language]
     return "\n".join([texts(CHANGE_LANGUAGE), *lines, f"/language auto — {texts(FOLLOW_APP)}"])
+
+
+def _retry_seconds(exc: RetryAfter) -> float:
+    """The wait a 429 asks for (PTB gives it as seconds or, newer, as a timedelta)."""
+    wait = exc.retry_after
+    return wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
 
 
 def _after_command(message: Message) -> str:

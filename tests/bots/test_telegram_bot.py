@@ -239,6 +239,24 @@ async def test_a_bare_ask_from_someone_not_allowed_gets_no_reply(fault, make_rig
     fault()
 
 
+async def test_short_replies_pushed_back_by_flood_control_are_sent_after_the_wait(
+        make_rig) -> None:
+    """Help, usage and refusals are not streamed: a 429 on them is waited out and the reply
+    sent again, so whoever asked is still told (the streamed answers have their own path)."""
+    rig: Rig = await make_rig(allowed_users=frozenset({42}))
+    alice, eve = rig.fake.make_user("Alice", user_id=42), rig.fake.make_user("Eve")
+    rig.fake.flood_next("sendMessage", retry_after=3)
+    rig.fake.flood_next("sendMessage", retry_after=2)
+    rig.fake.inject_private_text(alice, "/help")
+    await final_text(rig.fake, alice["id"], "/ask")
+    rig.fake.flood_next("sendMessage", retry_after=4)
+    rig.fake.inject_private_text(eve, "let me in")  # not allowed: told so, privately
+    await final_text(rig.fake, eve["id"], "private")
+    sends = rig.fake.calls_to("sendMessage")
+    assert [c.status for c in sends] == [429, 429, 200, 429, 200]
+    assert len(rig.fake.bot_messages(alice["id"])) == len(rig.fake.bot_messages(eve["id"])) == 1
+
+
 async def test_a_dropped_connection_is_logged_once_and_its_end_once(
         make_rig, caplog: pytest.LogCaptureFixture) -> None:
     rig: Rig = await make_rig()
