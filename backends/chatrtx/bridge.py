@@ -1482,6 +1482,8 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def is_loopback(host: str) -> bool:
+    """rtxrelay.core.hosts.is_loopback_host, restated: this file runs on its own in ChatRTX's
+    Python (standard library only), where rtxrelay is not installed."""
     if host.lower() == "localhost":
         return True
     try:
