@@ -70,10 +70,10 @@ CHUNKED = ("once-chunked", "once-1chunk")
 # rtxrelay's hold condition (backends/paced_reads.py), restated: a window must be expected to
 # gather this many events, and a read this large (a backlog) is never followed by a hold.
 GATHER = 1.5
-BACKLOG_READ = 64 * 1024
 # The most one read takes, as rtxrelay's reads (paced_reads.READ_SIZE): asyncio's default of
 # 256 KiB costs fresh pages at every read, which no client has to pay.
 READ_SIZE = 64 * 1024
+BACKLOG_READ = READ_SIZE
 
 
 def split_events(body: bytes) -> list[bytes]:

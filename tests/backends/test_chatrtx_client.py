@@ -24,7 +24,7 @@ from rtxrelay.core.errors import BackendError, BackendErrorKind
 from tests.replica import fake_model
 from tests.replica.launcher import Replica, free_port
 from tests.replica.variants import VARIANTS
-from tests.support.proxies import _Relay
+from tests.support.proxies import Relay
 
 
 @pytest.fixture
@@ -283,12 +283,13 @@ async def test_stream_cut_mid_event(rtx_426: Replica, http: aiohttp.ClientSessio
 # -- the answer stream's framing -----------------------------------------------------------------
 
 
-class StreamRelay(_Relay):
+class StreamRelay(Relay):
     """A TCP relay in front of the replica that keeps both directions' bytes. With
     ``as_http11`` it rewrites the answer stream's request to HTTP/1.1, so the server answers
     it chunked (as a server that ignores an HTTP/1.0 request would)."""
 
     STREAM_REQUEST = re.compile(rb"(GET /queue/data[^\r\n]*) HTTP/1\.0\r\n")
+    STREAM_START = b"GET /queue/data"
 
     def __init__(self, backend_port: int, *, as_http11: bool) -> None:
         super().__init__()
@@ -296,6 +297,19 @@ class StreamRelay(_Relay):
         self._as_http11 = as_http11
         self.sent = bytearray()  # what the clients sent, one connection after another
         self.received = bytearray()  # what the server answered, likewise
+
+    @classmethod
+    def _held_from(cls, unended: bytes) -> int:
+        """Where a stream request line (or what may begin one) starts in a line not ended
+        yet; its length when there is none. It may follow a POST's body on that line."""
+        start = cls.STREAM_START
+        at = unended.find(start)
+        if at >= 0:
+            return at
+        for at in range(max(0, len(unended) - len(start) + 1), len(unended)):
+            if start.startswith(unended[at:]):
+                return at
+        return len(unended)
 
     def request_lines(self) -> list[bytes]:
         # Not from a line's start: a request may follow a POST's body on its connection.
@@ -308,15 +322,23 @@ class StreamRelay(_Relay):
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream = await asyncio.open_connection("127.0.0.1", self._backend_port)
         sent, received = bytearray(), bytearray()  # this connection's, kept whole
+        # A stream request line cut between two reads is held until whole, so the rewrite
+        # does not depend on how the client's writes were cut into reads. Only such a line is
+        # held: anything else (a POST's body) passes at once.
+        pending = bytearray()
 
         def passing(data: bytes, outbound: bool) -> bytes:
             if not outbound:
                 received.extend(data)
                 return data
             sent.extend(data)
-            if self._as_http11:  # aiohttp writes a request's header block at once
-                data = self.STREAM_REQUEST.sub(rb"\1 HTTP/1.1\r\n", data)
-            return data
+            if not self._as_http11:
+                return data
+            pending.extend(data)
+            line = pending.rfind(b"\n") + 1  # the last line, not ended yet
+            out = bytes(pending[: line + self._held_from(bytes(pending[line:]))])
+            del pending[: len(out)]
+            return self.STREAM_REQUEST.sub(rb"\1 HTTP/1.1\r\n", out)
 
         try:
             await self._pipe((reader, writer), upstream, passing)

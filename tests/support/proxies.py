@@ -48,7 +48,7 @@ class _Refused(Exception):
     """The handshake ended with a refusal (already answered on the wire)."""
 
 
-class _Relay:
+class Relay:
     """An asyncio server on 127.0.0.1 that pipes each accepted connection somewhere."""
 
     def __init__(self) -> None:
@@ -128,7 +128,7 @@ class _Relay:
             upstream[1].close()
 
 
-class _Proxy(_Relay):
+class _Proxy(Relay):
     scheme: ClassVar[str]
 
     def __init__(self, *, hosts: Mapping[str, str] | None = None,
@@ -277,7 +277,7 @@ class Socks5Proxy(_Proxy):
         return bytes([5, status, 0, self.IPV4]) + bytes(4) + struct.pack("!H", 0)
 
 
-class TlsFront(_Relay):
+class TlsFront(Relay):
     """TLS outside, plain TCP to ``127.0.0.1:backend_port`` inside: an HTTPS face for a fake
     that speaks plain HTTP."""
 
